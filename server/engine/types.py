@@ -1,0 +1,90 @@
+"""The engine's vocabulary: requests, sampling parameters, outputs. Pure data, no torch."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+
+class Priority(enum.IntEnum):
+    """Scheduling class; lower runs first. Interactive turns beat background work."""
+
+    INTERACTIVE = 0
+    BACKGROUND = 1
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # an EOS / stop token id / stop string
+    LENGTH = "length"  # max_tokens, or the model's context window
+    CANCELLED = "cancelled"  # aborted by the client (cancel, disconnect, shutdown)
+
+
+_EMPTY_BIAS: Mapping[int, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How to pick each next token and when to stop. Defaults are greedy, 256 tokens."""
+
+    temperature: float = 0.0  # 0 means greedy (argmax)
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1.0 disables
+    min_p: float = 0.0  # 0.0 disables; keep tokens with p >= min_p * p_max
+    repetition_penalty: float = 1.0  # CTRL-style, over prompt + output; 1.0 disables
+    presence_penalty: float = 0.0  # OpenAI-style, over output tokens
+    frequency_penalty: float = 0.0  # OpenAI-style, over output tokens
+    logit_bias: Mapping[int, float] = field(default=_EMPTY_BIAS)
+    seed: int | None = None  # same seed, same tokens
+    max_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the model's EOS ids
+    stop: tuple[str, ...] = ()  # stop strings; never part of the returned text
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineRequest:
+    """One generation request as the engine sees it: token ids in, tokens out."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    priority: Priority = Priority.INTERACTIVE
+    session_id: str | None = None  # keep this request's KV for the session's next turn
+    arrival_time: float = 0.0  # time.monotonic() when submitted
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestOutput:
+    """What one engine step produced for one request: new tokens, their text, maybe the end."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    text_delta: str
+    finish_reason: FinishReason | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix/session cache
+    num_output_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
