@@ -21,7 +21,8 @@ class FinishReason(str, enum.Enum):
     CANCELLED = "cancelled"  # aborted by the client (cancel, disconnect, shutdown)
 
 
-_EMPTY_BIAS: Mapping[int, float] = MappingProxyType({})
+def _no_bias() -> Mapping[int, float]:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +36,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # CTRL-style, over prompt + output; 1.0 disables
     presence_penalty: float = 0.0  # OpenAI-style, over output tokens
     frequency_penalty: float = 0.0  # OpenAI-style, over output tokens
-    logit_bias: Mapping[int, float] = field(default=_EMPTY_BIAS)
+    logit_bias: Mapping[int, float] = field(default_factory=_no_bias)
     seed: int | None = None  # same seed, same tokens
     max_tokens: int = 256
     stop_token_ids: tuple[int, ...] = ()  # in addition to the model's EOS ids

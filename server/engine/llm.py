@@ -1,0 +1,145 @@
+"""LLM: a model, its tokenizer and chat template, and an EngineCore, loaded from one path."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .chat_template import ChatTemplate, load_chat_template
+from .config import EngineConfig
+from .core import EngineCore
+from .errors import ChatTemplateError, ModelLoadError
+from .model import Transformer
+from .tokenizer import load_tokenizer
+from .tokenizer_base import Tokenizer
+from .types import EngineRequest, Priority, RequestOutput, SamplingParams
+from .weights import load_checkpoint
+
+
+def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {config.device!r} asked for, but CUDA is not available")
+    if config.dtype != "auto":
+        try:
+            return device, getattr(torch, config.dtype)
+        except AttributeError as exc:
+            raise ModelLoadError(f"unknown dtype {config.dtype!r}") from exc
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return device, torch.bfloat16
+    return device, torch.float32
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server tells clients about the loaded model."""
+
+    name: str
+    path: str
+    architecture: str
+    max_model_len: int
+    device: str
+    dtype: str
+
+
+class LLM:
+    """The engine as one object: encode prompts, add requests, step, or generate synchronously."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        chat_template: ChatTemplate | None,
+        *,
+        name: str,
+        path: Path,
+        config: EngineConfig,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.core = EngineCore(model, tokenizer, config=config)
+        self.info = ModelInfo(
+            name=name,
+            path=str(path),
+            architecture=model.config.architecture,
+            max_model_len=self.core.max_model_len,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+        )
+        self._ids = itertools.count()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        config: EngineConfig | None = None,
+        *,
+        chat_template: str | None = None,
+    ) -> LLM:
+        """Load weights, tokenizer and chat template; raises ModelLoadError and friends."""
+        config = config or EngineConfig()
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        checkpoint = load_checkpoint(path)
+        device, dtype = resolve_device(config)
+        model = Transformer(checkpoint.config, checkpoint.tensors, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(checkpoint.path, checkpoint.gguf_metadata)
+        try:
+            template: ChatTemplate | None = load_chat_template(
+                checkpoint.path, checkpoint.gguf_metadata, chat_template
+            )
+        except ChatTemplateError:
+            if chat_template is not None:
+                raise
+            template = None  # raw prompts still work; chat turns will say why they cannot
+        return cls(
+            model, tokenizer, template, name=checkpoint.name, path=checkpoint.path, config=config
+        )
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        if self.chat_template is None:
+            raise ChatTemplateError("model has no chat template; pass one with --chat-template")
+        return self.chat_template.render(messages, add_generation_prompt=True)
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a conversation, rendered with the model's template, ready to answer."""
+        # The template writes BOS itself when the model wants one.
+        return self.tokenizer.encode(self.render_chat(messages))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special=True)
+
+    def new_request(
+        self,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        session_id: str | None = None,
+    ) -> EngineRequest:
+        return EngineRequest(
+            request_id=request_id or f"req-{next(self._ids)}",
+            prompt_token_ids=tuple(prompt_token_ids),
+            sampling=sampling or SamplingParams(),
+            priority=priority,
+            session_id=session_id,
+            arrival_time=time.monotonic(),
+        )
+
+    def generate(
+        self, prompt_token_ids: Sequence[int], sampling: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """Run one request to its end, alone, yielding each step's output."""
+        request = self.new_request(prompt_token_ids, sampling)
+        self.core.add_request(request)
+        while self.core.has_unfinished():
+            for output in self.core.step():
+                if output.request_id == request.request_id:
+                    yield output

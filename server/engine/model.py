@@ -1,0 +1,282 @@
+"""The Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU) over a paged KV cache. Torch only.
+
+Two entry points share the weights:
+- `forward`: the serving path. Tokens of many sequences are packed into one row of T tokens,
+  each with its own position; K/V are written to and read from the paged cache by slot index.
+- `forward_full`: a plain causal forward without any cache, the oracle the tests hold
+  `forward` against.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig, RopeScaling
+
+
+@dataclass(frozen=True)
+class PrefillSpan:
+    """One sequence's prefill chunk inside the packed batch."""
+
+    query_start: int  # index of the chunk's first token in the packed batch
+    query_len: int
+    start_position: int  # position of the chunk's first token in its sequence
+    context_slots: torch.Tensor | None  # (C,) KV slots of positions 0..C-1; None: no cached prefix
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    """Where each packed token's K/V goes, and which K/V each query reads."""
+
+    slot_mapping: torch.Tensor  # (T,) KV slot each token's K/V is written to
+    num_decode_tokens: int  # the first tokens of the batch are decodes, one per sequence
+    decode_slots: torch.Tensor | None  # (D, L) context slots of each decode row, padded
+    decode_mask: torch.Tensor | None  # (D, 1, 1, L) True where the key is visible
+    prefills: tuple[PrefillSpan, ...]
+
+
+@dataclass
+class Layer:
+    input_norm: torch.Tensor  # (H,)
+    qkv: torch.Tensor  # (nh*hd + 2*nkv*hd, H), q, k and v fused: one matmul
+    qkv_bias: torch.Tensor | None
+    o_proj: torch.Tensor  # (H, nh*hd)
+    post_norm: torch.Tensor  # (H,)
+    gate_up: torch.Tensor  # (2*I, H), gate and up fused
+    down: torch.Tensor  # (H, I)
+
+
+def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None) -> torch.Tensor:
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    scaling = config.rope_scaling
+    if scaling is not None:
+        inv_freq = _scale_inv_freq(inv_freq, scaling)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(torch.float64)
+    return inv_freq
+
+
+def _scale_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    # llama3: long wavelengths are slowed by `factor`, short ones kept, the middle blended.
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    middle = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return torch.where(middle, blended, scaled)
+
+
+class Transformer:
+    """Weights plus the two forwards. Holds no per-request state."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tensors: dict[str, torch.Tensor],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+
+        def w(name: str) -> torch.Tensor:
+            return tensors[name].to(device=device, dtype=dtype).contiguous()
+
+        self.embed_tokens = w("embed_tokens")  # (V, H)
+        self.norm = w("norm")
+        self.lm_head = self.embed_tokens if config.tie_embeddings else w("lm_head")
+        self.layers = [self._layer(tensors, i, w) for i in range(config.num_layers)]
+        freq_factors = tensors.get("rope_freqs")
+        self.inv_freq = rope_inv_freq(config, freq_factors)
+        self._cos = torch.empty(0, device=device)
+        self._sin = torch.empty(0, device=device)
+        self._grow_rope_table(max(config.max_position, 1))
+
+    def _layer(
+        self, tensors: dict[str, torch.Tensor], i: int, get: Callable[[str], torch.Tensor]
+    ) -> Layer:
+        p = f"layers.{i}."
+        qkv = torch.cat([tensors[p + n] for n in ("q_proj", "k_proj", "v_proj")], dim=0)
+        bias = None
+        if self.config.qkv_bias:
+            bias = torch.cat([tensors[p + n] for n in ("q_bias", "k_bias", "v_bias")], dim=0)
+            bias = bias.to(device=self.device, dtype=self.dtype)
+        gate_up = torch.cat([tensors[p + "gate_proj"], tensors[p + "up_proj"]], dim=0)
+        return Layer(
+            input_norm=get(p + "input_norm"),
+            qkv=qkv.to(device=self.device, dtype=self.dtype).contiguous(),
+            qkv_bias=bias,
+            o_proj=get(p + "o_proj"),
+            post_norm=get(p + "post_norm"),
+            gate_up=gate_up.to(device=self.device, dtype=self.dtype).contiguous(),
+            down=get(p + "down_proj"),
+        )
+
+    def _grow_rope_table(self, num_positions: int) -> None:
+        t = torch.arange(num_positions, dtype=torch.float64)
+        freqs = torch.outer(t, self.inv_freq)  # (P, hd/2)
+        # float32 tables, like the reference implementation computes them.
+        self._cos = freqs.cos().to(device=self.device, dtype=torch.float32)
+        self._sin = freqs.sin().to(device=self.device, dtype=torch.float32)
+
+    def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of each position: (T, hd/2) each, in the model dtype."""
+        needed = int(positions.max()) + 1 if positions.numel() else 0
+        if needed > self._cos.shape[0]:
+            self._grow_rope_table(max(needed, 2 * self._cos.shape[0]))
+        return self._cos[positions].to(self.dtype), self._sin[positions].to(self.dtype)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate x (T, heads, hd) by its rows' positions; cos/sin are (T, 1, hd/2)."""
+        if self.config.rope_interleaved:
+            pairs = x.unflatten(-1, (-1, 2))  # (T, heads, hd/2, 2)
+            x1, x2 = pairs[..., 0], pairs[..., 1]
+            return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return weight * x32.to(self.dtype)
+
+    def _qkv(
+        self, layer: Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project and rotate: q (T, nh, hd), k and v (T, nkv, hd)."""
+        c = self.config
+        qkv = F.linear(x, layer.qkv, layer.qkv_bias).unflatten(-1, (-1, c.head_dim))
+        qk = self._rope(qkv[:, : c.num_heads + c.num_kv_heads], cos, sin)
+        q, k = qk.split([c.num_heads, c.num_kv_heads], dim=1)
+        v = qkv[:, c.num_heads + c.num_kv_heads :]
+        return q, k, v
+
+    def _mlp(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, layer.down)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._rms_norm(hidden, self.norm), self.lm_head).float()
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        token_ids: torch.Tensor,  # (T,) packed tokens of every scheduled sequence
+        positions: torch.Tensor,  # (T,) each token's position in its own sequence
+        kv: list[torch.Tensor],  # per layer (num_slots, 2, nkv, hd)
+        meta: AttentionMetadata,
+        logits_indices: torch.Tensor,  # (S,) rows whose next-token logits are wanted
+    ) -> torch.Tensor:
+        """Run one engine step; returns float32 logits (S, V)."""
+        x = self.embed_tokens[token_ids]  # (T, H)
+        cos, sin = self.rope_tables(positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, hd/2)
+        for layer, cache in zip(self.layers, kv, strict=True):
+            h = self._rms_norm(x, layer.input_norm)
+            q, k, v = self._qkv(layer, h, cos, sin)
+            cache.index_copy_(0, meta.slot_mapping, torch.stack((k, v), dim=1))
+            attn = self._paged_attention(q, k, v, cache, meta)  # (T, nh*hd)
+            x = x + F.linear(attn, layer.o_proj)
+            x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
+        return self.logits(x[logits_indices])
+
+    def _paged_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        c = self.config
+        out = torch.empty(q.shape[0], c.num_heads * c.head_dim, device=q.device, dtype=q.dtype)
+        num_decode = meta.num_decode_tokens
+        if num_decode:
+            assert meta.decode_slots is not None and meta.decode_mask is not None
+            out[:num_decode] = self._decode_attention(
+                q[:num_decode], cache, meta.decode_slots, meta.decode_mask
+            )
+        for span in meta.prefills:
+            rows = slice(span.query_start, span.query_start + span.query_len)
+            out[rows] = self._prefill_attention(q[rows], k[rows], v[rows], cache, span)
+        return out
+
+    def _decode_attention(
+        self, q: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One query per row. GQA folds each kv head's query group into the query axis."""
+        c = self.config
+        num_rows, ctx = slots.shape
+        ctx_kv = cache.index_select(0, slots.flatten()).view(num_rows, ctx, 2, c.num_kv_heads, -1)
+        keys = ctx_kv[:, :, 0].transpose(1, 2)  # (D, nkv, L, hd)
+        values = ctx_kv[:, :, 1].transpose(1, 2)
+        grouped_q = q.view(num_rows, c.num_kv_heads, c.num_kv_groups, c.head_dim)
+        # Plain matmuls: for a handful of query rows they beat the fused SDPA kernel on CPU.
+        scores = torch.matmul(grouped_q, keys.transpose(-1, -2)) * (c.head_dim**-0.5)
+        scores = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return torch.matmul(scores, values).reshape(num_rows, c.num_heads * c.head_dim)
+
+    def _prefill_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: torch.Tensor,
+        span: PrefillSpan,
+    ) -> torch.Tensor:
+        c = self.config
+        qh = q.transpose(0, 1).unsqueeze(0)  # (1, nh, Tq, hd)
+        if span.context_slots is None:
+            keys, values = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+            attn = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, enable_gqa=True)
+        else:
+            ctx_kv = cache.index_select(0, span.context_slots)  # (C, 2, nkv, hd)
+            keys = ctx_kv[:, 0].transpose(0, 1).unsqueeze(0)  # (1, nkv, C, hd)
+            values = ctx_kv[:, 1].transpose(0, 1).unsqueeze(0)
+            query_pos = torch.arange(span.query_len, device=q.device) + span.start_position
+            key_pos = torch.arange(ctx_kv.shape[0], device=q.device)
+            mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)  # (Tq, C)
+            attn = F.scaled_dot_product_attention(
+                qh, keys, values, attn_mask=mask, enable_gqa=True
+            )
+        return attn.squeeze(0).transpose(0, 1).reshape(span.query_len, c.num_heads * c.head_dim)
+
+    @torch.inference_mode()
+    def forward_full(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """No-cache causal forward of (B, T) tokens at positions 0..T-1 → float32 (B, T, V)."""
+        c = self.config
+        batch, length = token_ids.shape
+        positions = torch.arange(length, device=token_ids.device)
+        cos, sin = self.rope_tables(positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        x = self.embed_tokens[token_ids.flatten()]  # (B*T, H)
+        for layer in self.layers:
+            h = self._rms_norm(x, layer.input_norm)
+            per_row = []
+            for row in h.view(batch, length, -1):
+                q, k, v = self._qkv(layer, row, cos, sin)
+                # Expand kv heads explicitly: this path must not share the GQA trick under test.
+                k = k.repeat_interleave(c.num_kv_groups, dim=1)
+                v = v.repeat_interleave(c.num_kv_groups, dim=1)
+                attn = F.scaled_dot_product_attention(
+                    q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
+                )
+                per_row.append(attn.transpose(0, 1).reshape(length, -1))
+            x = x + F.linear(torch.cat(per_row), layer.o_proj)
+            x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
+        return self.logits(x).view(batch, length, -1)

@@ -1,0 +1,115 @@
+"""Turns one SchedulerOutput into one batched forward over the paged KV cache. Torch only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .model import AttentionMetadata, PrefillSpan, Transformer
+from .sequence import ScheduledChunk
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Everything one forward needs, built on the host from the step's chunks."""
+
+    token_ids: torch.Tensor  # (T,)
+    positions: torch.Tensor  # (T,)
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor  # (S,)
+    sampled_request_ids: tuple[str, ...]  # the request of each logits row
+
+
+def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
+    c = model.config
+    element = torch.empty(0, dtype=model.dtype).element_size()
+    return block_size * c.num_layers * 2 * c.num_kv_heads * c.head_dim * element
+
+
+class ModelRunner:
+    """Owns the KV tensors (one per layer, addressed by slot = block * block_size + offset)."""
+
+    def __init__(self, model: Transformer, *, num_blocks: int, block_size: int) -> None:
+        c = model.config
+        self.model = model
+        self.block_size = block_size
+        self.kv = [
+            torch.zeros(
+                num_blocks * block_size, 2, c.num_kv_heads, c.head_dim,
+                device=model.device, dtype=model.dtype,
+            )
+            for _ in range(c.num_layers)
+        ]
+
+    def _slots(self, block_ids: Sequence[int], start: int, stop: int) -> list[int]:
+        bs = self.block_size
+        return [block_ids[p // bs] * bs + p % bs for p in range(start, stop)]
+
+    def prepare(self, chunks: Sequence[ScheduledChunk]) -> ModelInput:
+        # Decodes (one token) first: they share one batched attention call.
+        decodes = [c for c in chunks if len(c.token_ids) == 1]
+        prefills = [c for c in chunks if len(c.token_ids) > 1]
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        logits_rows: list[int] = []
+        sampled: list[str] = []
+        spans: list[PrefillSpan] = []
+        for chunk in [*decodes, *prefills]:
+            n, start = len(chunk.token_ids), chunk.start_position
+            if n > 1:
+                context = None
+                if start > 0:
+                    context = torch.tensor(self._slots(chunk.block_ids, 0, start + n))
+                spans.append(PrefillSpan(len(token_ids), n, start, context))
+            token_ids.extend(chunk.token_ids)
+            positions.extend(range(start, start + n))
+            slot_mapping.extend(self._slots(chunk.block_ids, start, start + n))
+            if chunk.sample:
+                logits_rows.append(len(token_ids) - 1)
+                sampled.append(chunk.request_id)
+        decode_slots, decode_mask = self._decode_context(decodes)
+        device = self.model.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slot_mapping, device=device),
+            num_decode_tokens=len(decodes),
+            decode_slots=decode_slots,
+            decode_mask=decode_mask,
+            prefills=tuple(spans),
+        )
+        return ModelInput(
+            token_ids=torch.tensor(token_ids, device=device),
+            positions=torch.tensor(positions, device=device),
+            meta=meta,
+            logits_indices=torch.tensor(logits_rows, device=device, dtype=torch.long),
+            sampled_request_ids=tuple(sampled),
+        )
+
+    def _decode_context(
+        self, decodes: Sequence[ScheduledChunk]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Padded (D, L) context slots of each decode row and the (D, 1, 1, L) visibility mask."""
+        if not decodes:
+            return None, None
+        bs = self.block_size
+        lengths = torch.tensor([c.start_position + 1 for c in decodes])
+        num_blocks = [(c.start_position + bs) // bs for c in decodes]
+        width = max(num_blocks)
+        table = torch.zeros(len(decodes), width, dtype=torch.long)  # pad with block 0
+        for row, (chunk, nb) in enumerate(zip(decodes, num_blocks, strict=True)):
+            table[row, :nb] = torch.tensor(chunk.block_ids[:nb])
+        max_len = int(lengths.max())
+        slots = (table.unsqueeze(-1) * bs + torch.arange(bs)).flatten(1)[:, :max_len]
+        mask = torch.arange(max_len).unsqueeze(0) < lengths.unsqueeze(1)
+        device = self.model.device
+        return slots.to(device), mask.view(len(decodes), 1, 1, max_len).to(device)
+
+    def execute(self, chunks: Sequence[ScheduledChunk]) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """Run the step's forward; returns logits (S, V) and the request id of each row."""
+        inputs = self.prepare(chunks)
+        logits = self.model.forward(
+            inputs.token_ids, inputs.positions, self.kv, inputs.meta, inputs.logits_indices
+        )
+        return logits, inputs.sampled_request_ids
