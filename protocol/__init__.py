@@ -1,0 +1,78 @@
+"""Banterbox's wire format: typed frames, their msgpack/JSON codec, limits and error codes.
+
+Pure: stdlib and msgpack only; never asyncio, websockets, torch, server/ or plugins/.
+"""
+
+from protocol.codec import (
+    Encoding,
+    decode_client_frame,
+    decode_server_frame,
+    encode_frame,
+    encoding_of,
+)
+from protocol.errors import ERROR_POLICIES, ErrorCode, ErrorPolicy, ProtocolError
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ChatMessage,
+    ClientFrame,
+    Delta,
+    Done,
+    ErrorFrame,
+    FinishReason,
+    Frame,
+    Generate,
+    Hello,
+    PluginFrame,
+    Priority,
+    Role,
+    Sampling,
+    ServerFrame,
+    SessionClose,
+    SessionClosed,
+    SessionInfo,
+    SessionOpen,
+    SessionResume,
+    Timings,
+    Usage,
+    Welcome,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ERROR_POLICIES",
+    "PROTOCOL_VERSION",
+    "Cancel",
+    "ChatMessage",
+    "ClientFrame",
+    "Delta",
+    "Done",
+    "Encoding",
+    "ErrorCode",
+    "ErrorFrame",
+    "ErrorPolicy",
+    "FinishReason",
+    "Frame",
+    "Generate",
+    "Hello",
+    "Limits",
+    "PluginFrame",
+    "Priority",
+    "ProtocolError",
+    "Role",
+    "Sampling",
+    "ServerFrame",
+    "SessionClose",
+    "SessionClosed",
+    "SessionInfo",
+    "SessionOpen",
+    "SessionResume",
+    "Timings",
+    "Usage",
+    "Welcome",
+    "decode_client_frame",
+    "decode_server_frame",
+    "encode_frame",
+    "encoding_of",
+]
