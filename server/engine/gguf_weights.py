@@ -56,7 +56,9 @@ def config_from_metadata(md: dict[str, Any], num_vocab_rows: int) -> ModelConfig
     scaling_kind = md.get(f"{arch}.rope.scaling.type", "none")
     rope_scaling = None
     if scaling_kind == "linear":
-        rope_scaling = RopeScaling(kind="linear", factor=float(_get(md, f"{arch}.rope.scaling.factor")))
+        rope_scaling = RopeScaling(
+            kind="linear", factor=float(_get(md, f"{arch}.rope.scaling.factor"))
+        )
     elif scaling_kind != "none":
         raise UnsupportedModelError(f"unsupported rope scaling kind {scaling_kind!r}")
     return ModelConfig(

@@ -143,7 +143,7 @@ class Transformer:
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate x (T, heads, hd) by its rows' positions; cos/sin are (T, 1, hd/2)."""
         if self.config.rope_interleaved:
-            pairs = x.unflatten(-1, (-1, 2))  # (T, heads, hd/2, 2)
+            pairs = x.view(*x.shape[:-1], -1, 2)  # (T, heads, hd/2, 2)
             x1, x2 = pairs[..., 0], pairs[..., 1]
             return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
         half = x.shape[-1] // 2
@@ -160,9 +160,9 @@ class Transformer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project and rotate: q (T, nh, hd), k and v (T, nkv, hd)."""
         c = self.config
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias).unflatten(-1, (-1, c.head_dim))
+        qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(x.shape[0], -1, c.head_dim)
         qk = self._rope(qkv[:, : c.num_heads + c.num_kv_heads], cos, sin)
-        q, k = qk.split([c.num_heads, c.num_kv_heads], dim=1)
+        q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
         v = qkv[:, c.num_heads + c.num_kv_heads :]
         return q, k, v
 
@@ -251,9 +251,7 @@ class Transformer:
             query_pos = torch.arange(span.query_len, device=q.device) + span.start_position
             key_pos = torch.arange(ctx_kv.shape[0], device=q.device)
             mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)  # (Tq, C)
-            attn = F.scaled_dot_product_attention(
-                qh, keys, values, attn_mask=mask, enable_gqa=True
-            )
+            attn = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, enable_gqa=True)
         return attn.squeeze(0).transpose(0, 1).reshape(span.query_len, c.num_heads * c.head_dim)
 
     @torch.inference_mode()

@@ -37,8 +37,12 @@ class ModelRunner:
         self.block_size = block_size
         self.kv = [
             torch.zeros(
-                num_blocks * block_size, 2, c.num_kv_heads, c.head_dim,
-                device=model.device, dtype=model.dtype,
+                num_blocks * block_size,
+                2,
+                c.num_kv_heads,
+                c.head_dim,
+                device=model.device,
+                dtype=model.dtype,
             )
             for _ in range(c.num_layers)
         ]
