@@ -1,0 +1,1 @@
+"""Peer servers to measure Banterbox against; built and cached outside the repo, never committed."""
