@@ -65,7 +65,7 @@ class EngineCore:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, config: EngineConfig) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        num_blocks = max(
+        num_blocks = config.num_kv_blocks or max(
             2, config.kv_cache_mib * _MIB // kv_bytes_per_block(model, config.block_size)
         )
         self.num_kv_blocks = num_blocks

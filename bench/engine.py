@@ -1,0 +1,207 @@
+"""`python -m bench engine`: in-process engine throughput, side by side with llama.cpp.
+
+Single stream: prefill tok/s of one prompt and decode tok/s of one sequence.
+Batched: N sequences of random prompts submitted at once; prefill tok/s until every sequence
+has its first token, then aggregate decode tok/s until all finish (llama-batched-bench's S_PP
+and S_TG). Follow-up TTFT: a session's second turn after a long history, against the cold TTFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.engine.config import EngineConfig
+from server.engine.llm import LLM
+from server.engine.types import SamplingParams
+from server.pull import default_model_path
+
+from .peers import llama_cpp
+
+
+def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = scenarios.add_parser("engine", help="in-process engine throughput (and llama.cpp's)")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--sequences", default="1,8,16,32,64", help="comma-separated batch sizes")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--history-tokens", type=int, default=1000, help="for the follow-up TTFT")
+    p.add_argument("--no-peer", action="store_true", help="skip llama.cpp even when built")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.set_defaults(run=run)
+
+
+def _random_prompt(rng: random.Random, vocab: int, length: int) -> list[int]:
+    return [rng.randrange(100, vocab) for _ in range(length)]
+
+
+def _batched(
+    llm: LLM, num_seqs: int, prompt_tokens: int, new_tokens: int, seed: int
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    sampling = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    vocab = llm.model.config.vocab_size
+    ids = []
+    for _ in range(num_seqs):
+        request = llm.new_request(_random_prompt(rng, vocab, prompt_tokens), sampling)
+        llm.core.add_request(request)
+        ids.append(request.request_id)
+    started = time.perf_counter()
+    pending_first = set(ids)
+    first_all = None
+    num_out = 0
+    while llm.core.has_unfinished():
+        for out in llm.core.step():
+            num_out += len(out.new_token_ids)
+            if out.new_token_ids:
+                pending_first.discard(out.request_id)
+        if first_all is None and not pending_first:
+            first_all = time.perf_counter()
+    ended = time.perf_counter()
+    assert first_all is not None
+    return {
+        "sequences": num_seqs,
+        "prefill_tok_s": num_seqs * prompt_tokens / (first_all - started),
+        "decode_tok_s": (num_out - num_seqs) / (ended - first_all),
+        "seconds": ended - started,
+    }
+
+
+def _ttft(llm: LLM, prompt: list[int], session_id: str | None) -> tuple[float, list[int]]:
+    request = llm.new_request(prompt, SamplingParams(max_tokens=8), session_id=session_id)
+    started = time.perf_counter()
+    llm.core.add_request(request)
+    ttft = None
+    tokens: list[int] = []
+    while llm.core.has_unfinished():
+        for out in llm.core.step():
+            if ttft is None and out.new_token_ids:
+                ttft = time.perf_counter() - started
+            tokens.extend(out.new_token_ids)
+    assert ttft is not None
+    return ttft, tokens
+
+
+def _follow_up(llm: LLM, history_tokens: int, seed: int) -> dict[str, float]:
+    """Cold TTFT of a long history, then the TTFT of the next turn of the same session."""
+    rng = random.Random(seed)
+    vocab = llm.model.config.vocab_size
+    history = _random_prompt(rng, vocab, history_tokens)
+    cold, answer = _ttft(llm, history, session_id="bench-session")
+    follow = history + answer + _random_prompt(rng, vocab, 24)
+    warm, _ = _ttft(llm, follow, session_id="bench-session")
+    return {
+        "history_tokens": history_tokens,
+        "cold_ttft_s": cold,
+        "follow_up_ttft_s": warm,
+        "ratio": warm / cold,
+    }
+
+
+def _peer(model: Path, args: argparse.Namespace, sizes: list[int]) -> dict[str, Any] | None:
+    if args.no_peer or llama_cpp.find_binary("llama-batched-bench") is None:
+        return None
+    single = llama_cpp.run_llama_bench(
+        model,
+        threads=args.threads,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        reps=3,
+    )
+    batched = llama_cpp.run_batched_bench(
+        model,
+        threads=args.threads,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        parallel=sizes,
+    )
+    return {
+        "name": "llama.cpp",
+        "version": llama_cpp.LLAMA_CPP_PYTHON_VERSION,
+        "single": single,
+        "results": batched,
+    }
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    peer = {r["sequences"]: r for r in (report.get("peer") or {}).get("results", [])}
+    print(
+        f"{'seqs':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'llama.cpp decode':>17} {'ratio':>6}"
+    )
+    for r in report["results"]:
+        p = peer.get(r["sequences"])
+        ratio = f"{r['decode_tok_s'] / p['decode_tok_s']:.2f}" if p else "-"
+        peer_s = f"{p['decode_tok_s']:.1f}" if p else "-"
+        print(
+            f"{r['sequences']:>5} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f} {peer_s:>17} {ratio:>6}"
+        )
+    s = report["single"]
+    print(
+        f"single stream: prefill {s['prefill_tok_s']:.1f} tok/s, decode {s['decode_tok_s']:.1f} tok/s"
+    )
+    if report.get("peer"):
+        ps = report["peer"]["single"]
+        print(
+            f"llama.cpp single: prefill {ps['prefill_tok_s']:.1f} tok/s, decode {ps['decode_tok_s']:.1f} tok/s"
+        )
+    f = report["follow_up"]
+    print(
+        f"follow-up TTFT after {f['history_tokens']} tokens: {f['follow_up_ttft_s'] * 1e3:.0f} ms "
+        f"vs cold {f['cold_ttft_s'] * 1e3:.0f} ms (ratio {f['ratio']:.3f})"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    model = args.model or default_model_path(os.environ)
+    sizes = [int(s) for s in args.sequences.split(",") if s]
+    config = EngineConfig(
+        device=args.device,
+        dtype=args.dtype,
+        num_threads=args.threads,
+        max_num_seqs=max(sizes),
+        kv_cache_mib=1024,
+    )
+    llm = LLM.load(model, config)
+    _batched(llm, 1, 16, 4, seed=0)  # warm-up: first-call allocations, thread pool start
+    single = _batched(llm, 1, args.prompt_tokens, args.new_tokens, seed=1)
+    results = [_batched(llm, n, args.prompt_tokens, args.new_tokens, seed=n) for n in sizes]
+    report: dict[str, Any] = {
+        "benchmark": "engine",
+        "model": str(model),
+        "config": {
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "threads": args.threads,
+            "dtype": llm.info.dtype,
+            "device": llm.info.device,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "single": {
+            "prefill_tok_s": single["prefill_tok_s"],
+            "decode_tok_s": single["decode_tok_s"],
+        },
+        "results": results,
+        "follow_up": _follow_up(llm, args.history_tokens, seed=99),
+        "peer": _peer(model, args, sizes),
+    }
+    _print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
