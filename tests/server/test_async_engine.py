@@ -1,0 +1,89 @@
+"""The async front over the engine thread: streams, merging for slow readers, refusals, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tiny import TinyConfig, random_hf_tensors, write_gguf
+
+from server.async_engine import AsyncEngine
+from server.engine.config import EngineConfig
+from server.engine.errors import OverloadedError
+from server.engine.llm import LLM
+from server.engine.types import FinishReason, SamplingParams
+
+SAMPLING = SamplingParams(max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    config = TinyConfig()
+    return write_gguf(tmp_path_factory.mktemp("ae") / "m.gguf", config, random_hf_tensors(config))
+
+
+@pytest.fixture
+async def engine(model_path):
+    llm = LLM.load(model_path, EngineConfig(kv_cache_mib=4, num_threads=1, max_waiting=2, max_num_seqs=2))
+    engine = AsyncEngine(llm)
+    engine.start()
+    yield engine
+    await engine.stop()
+
+
+def _expected(engine: AsyncEngine, prompt: list[int]) -> list[int]:
+    llm = LLM.load(engine.llm.info.path, EngineConfig(num_threads=1))
+    return [t for o in llm.generate(prompt, SAMPLING) for t in o.new_token_ids]
+
+
+async def test_stream_yields_every_token_then_finishes(engine) -> None:
+    prompt = [5, 6, 7, 8, 9]
+    stream = engine.submit(engine.llm.new_request(prompt, SAMPLING))
+    tokens, last = [], None
+    async for delta in stream:
+        tokens.extend(delta.token_ids)
+        last = delta
+    assert last is not None and last.finish_reason is FinishReason.LENGTH
+    assert tokens == _expected(engine, prompt)
+    assert stream.first_token_at is not None and stream.finished_at >= stream.first_token_at
+    assert engine.num_active == 0
+
+
+async def test_slow_reader_gets_merged_deltas_and_loses_nothing(engine) -> None:
+    prompt = [11, 12, 13]
+    stream = engine.submit(engine.llm.new_request(prompt, SAMPLING))
+    for _ in range(1000):  # do not read: let the engine run to the end first
+        pending = stream._pending
+        if pending is not None and pending.finish_reason is not None:
+            break
+        await asyncio.sleep(0.01)
+    deltas = [d async for d in stream]
+    assert len(deltas) < SAMPLING.max_tokens  # merged, not one per token
+    assert [t for d in deltas for t in d.token_ids] == _expected(engine, prompt)
+    assert "".join(d.text for d in deltas) == engine.llm.tokenizer.decode(
+        [t for d in deltas for t in d.token_ids], skip_special=True
+    )
+
+
+async def test_cancel_ends_the_stream_with_cancelled(engine) -> None:
+    stream = engine.submit(engine.llm.new_request([1, 2, 3], SamplingParams(max_tokens=400, ignore_eos=True)))
+    first = await stream.__anext__()
+    assert first.finish_reason is None
+    stream.cancel()
+    rest = [d async for d in stream]
+    assert rest[-1].finish_reason is FinishReason.CANCELLED
+    kv = engine.llm.core.stats().scheduler.kv
+    assert kv.num_used_by_running == 0
+
+
+async def test_overload_is_raised_from_the_stream(engine) -> None:
+    long = SamplingParams(max_tokens=300, ignore_eos=True)
+    streams = [engine.submit(engine.llm.new_request([i + 1] * 4, long)) for i in range(8)]
+    errors = []
+    for stream in streams:
+        try:
+            async for _ in stream:
+                stream.cancel()
+        except OverloadedError as exc:
+            errors.append(exc)
+    assert errors, "2 running + 2 waiting is the limit; the rest must be refused"
