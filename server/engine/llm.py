@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ class LLM:
             dtype=str(model.dtype).removeprefix("torch."),
         )
         self._ids = itertools.count()
+        # Control-token spellings inside message text would otherwise encode to the real
+        # control token: a player typing "<|im_end|>" could close the turn and forge another.
+        texts = sorted((t for t in tokenizer.special_texts if t), key=len, reverse=True)
+        self._control_text = re.compile("|".join(map(re.escape, texts))) if texts else None
 
     @classmethod
     def load(
@@ -105,6 +110,9 @@ class LLM:
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         if self.chat_template is None:
             raise ChatTemplateError("model has no chat template; pass one with --chat-template")
+        if self._control_text is not None:
+            pattern = self._control_text
+            messages = [{**m, "content": pattern.sub("", m["content"])} for m in messages]
         return self.chat_template.render(messages, add_generation_prompt=True)
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:

@@ -102,6 +102,11 @@ class Tokenizer(ABC):
             return self._table[token_id]
         return b""
 
+    @property
+    def special_texts(self) -> tuple[str, ...]:
+        """How each control token is spelled, e.g. "<|im_start|>"."""
+        return tuple(self._vocab.pieces[i] for i in sorted(self._vocab.special_ids))
+
     def is_special(self, token_id: int) -> bool:
         return token_id in self._vocab.special_ids
 
