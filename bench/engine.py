@@ -134,27 +134,29 @@ def _peer(model: Path, args: argparse.Namespace, sizes: list[int]) -> dict[str, 
     }
 
 
+def _rates(label: str, figures: dict[str, float]) -> str:
+    prefill, decode = figures["prefill_tok_s"], figures["decode_tok_s"]
+    return f"{label}: prefill {prefill:.1f} tok/s, decode {decode:.1f} tok/s"
+
+
 def _print_table(report: dict[str, Any]) -> None:
     peer = {r["sequences"]: r for r in (report.get("peer") or {}).get("results", [])}
-    print(
-        f"{'seqs':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'llama.cpp decode':>17} {'ratio':>6}"
-    )
+    header = ("seqs", "prefill tok/s", "decode tok/s", "llama.cpp decode", "ratio")
+    widths = (5, 14, 13, 17, 6)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in report["results"]:
         p = peer.get(r["sequences"])
-        ratio = f"{r['decode_tok_s'] / p['decode_tok_s']:.2f}" if p else "-"
-        peer_s = f"{p['decode_tok_s']:.1f}" if p else "-"
-        print(
-            f"{r['sequences']:>5} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f} {peer_s:>17} {ratio:>6}"
+        cells = (
+            str(r["sequences"]),
+            f"{r['prefill_tok_s']:.1f}",
+            f"{r['decode_tok_s']:.1f}",
+            f"{p['decode_tok_s']:.1f}" if p else "-",
+            f"{r['decode_tok_s'] / p['decode_tok_s']:.2f}" if p else "-",
         )
-    s = report["single"]
-    print(
-        f"single stream: prefill {s['prefill_tok_s']:.1f} tok/s, decode {s['decode_tok_s']:.1f} tok/s"
-    )
+        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    print(_rates("single stream", report["single"]))
     if report.get("peer"):
-        ps = report["peer"]["single"]
-        print(
-            f"llama.cpp single: prefill {ps['prefill_tok_s']:.1f} tok/s, decode {ps['decode_tok_s']:.1f} tok/s"
-        )
+        print(_rates("llama.cpp single", report["peer"]["single"]))
     f = report["follow_up"]
     print(
         f"follow-up TTFT after {f['history_tokens']} tokens: {f['follow_up_ttft_s'] * 1e3:.0f} ms "

@@ -11,6 +11,8 @@ import torch
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
 from .errors import ModelLoadError, UnsupportedModelError
 
+_SUPPORTED = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
+
 # GGUF tensor name (after "blk.N.") → our canonical per-layer name.
 _LAYER_TENSORS = {
     "attn_norm.weight": "input_norm",
@@ -48,7 +50,7 @@ def config_from_metadata(md: dict[str, Any], num_vocab_rows: int) -> ModelConfig
     arch = md.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
-            f"unsupported architecture {arch!r} (supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+            f"unsupported architecture {arch!r} (supported: {_SUPPORTED})"
         )
     hidden = int(_get(md, f"{arch}.embedding_length"))
     num_heads = int(_get(md, f"{arch}.attention.head_count"))

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
 from .errors import ModelLoadError, UnsupportedModelError
 
+_SUPPORTED = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
+
 _LAYER_TENSORS = {
     "input_layernorm.weight": "input_norm",
     "self_attn.q_proj.weight": "q_proj",
@@ -57,7 +59,7 @@ def config_from_hf(raw: dict[str, Any]) -> ModelConfig:
     arch = raw.get("model_type")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
-            f"unsupported architecture {arch!r} (supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+            f"unsupported architecture {arch!r} (supported: {_SUPPORTED})"
         )
     try:
         hidden = int(raw["hidden_size"])

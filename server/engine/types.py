@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 
 class Priority(enum.IntEnum):
@@ -15,7 +15,7 @@ class Priority(enum.IntEnum):
     BACKGROUND = 1
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"  # an EOS / stop token id / stop string
     LENGTH = "length"  # max_tokens, or the model's context window
     CANCELLED = "cancelled"  # aborted by the client (cancel, disconnect, shutdown)

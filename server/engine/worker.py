@@ -36,7 +36,7 @@ _Command = _Add | _Abort | _Stop
 
 
 class EngineWorker:
-    """Runs `core.step()` in a dedicated thread while there is work, sleeps on the queue otherwise."""
+    """Runs `core.step()` in its own thread while there is work; sleeps on the queue otherwise."""
 
     def __init__(
         self,

@@ -24,7 +24,9 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture
 async def engine(model_path):
-    llm = LLM.load(model_path, EngineConfig(kv_cache_mib=4, num_threads=1, max_waiting=2, max_num_seqs=2))
+    llm = LLM.load(
+        model_path, EngineConfig(kv_cache_mib=4, num_threads=1, max_waiting=2, max_num_seqs=2)
+    )
     engine = AsyncEngine(llm)
     engine.start()
     yield engine
@@ -66,7 +68,9 @@ async def test_slow_reader_gets_merged_deltas_and_loses_nothing(engine) -> None:
 
 
 async def test_cancel_ends_the_stream_with_cancelled(engine) -> None:
-    stream = engine.submit(engine.llm.new_request([1, 2, 3], SamplingParams(max_tokens=400, ignore_eos=True)))
+    stream = engine.submit(
+        engine.llm.new_request([1, 2, 3], SamplingParams(max_tokens=400, ignore_eos=True))
+    )
     first = await stream.__anext__()
     assert first.finish_reason is None
     stream.cancel()

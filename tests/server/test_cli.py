@@ -22,15 +22,28 @@ def model_path(tmp_path_factory):
 
 
 def test_generate_json_is_greedy_and_complete(model_path, capsys) -> None:
-    code = main(["generate", "--model", str(model_path), "--prompt", "hello there",
-                 "--max-tokens", "9", "--json"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_path),
+            "--prompt",
+            "hello there",
+            "--max-tokens",
+            "9",
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"prompt_token_ids", "token_ids", "text", "finish_reason"}
     llm = LLM.load(model_path, EngineConfig(num_threads=1))
     assert result["prompt_token_ids"] == llm.encode_prompt("hello there")
-    expected = [t for o in llm.generate(result["prompt_token_ids"], SamplingParams(max_tokens=9))
-                for t in o.new_token_ids]
+    expected = [
+        t
+        for o in llm.generate(result["prompt_token_ids"], SamplingParams(max_tokens=9))
+        for t in o.new_token_ids
+    ]
     assert result["token_ids"] == expected
     assert result["finish_reason"] in ("stop", "length")
     assert len(result["token_ids"]) <= 9
@@ -38,10 +51,24 @@ def test_generate_json_is_greedy_and_complete(model_path, capsys) -> None:
 
 def test_generate_messages_file_streams_text(model_path, tmp_path, capsys) -> None:
     messages = tmp_path / "m.json"
-    messages.write_text(json.dumps([{"role": "system", "content": "be brief"},
-                                    {"role": "user", "content": "hi"}]))
-    code = main(["generate", "--model", str(model_path), "--messages", str(messages),
-                 "--max-tokens", "5", "--temperature", "0.8", "--seed", "3"])
+    messages.write_text(
+        json.dumps([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    )
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_path),
+            "--messages",
+            str(messages),
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.endswith("\n")
 
@@ -55,8 +82,9 @@ def test_bad_messages_file(model_path, tmp_path, capsys) -> None:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "unknown-arch"])
@@ -72,6 +100,9 @@ def test_bad_model_is_one_line_without_traceback(case, model_path, tmp_path) -> 
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("banterbox: error:")
-    expected = {"missing": "does not exist", "truncated": "GGUF",
-                "unknown-arch": "unsupported architecture 'gptneox'"}[case]
+    expected = {
+        "missing": "does not exist",
+        "truncated": "GGUF",
+        "unknown-arch": "unsupported architecture 'gptneox'",
+    }[case]
     assert expected in lines[0]

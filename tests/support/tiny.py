@@ -122,7 +122,11 @@ def write_hf(folder: Path, config: TinyConfig, tensors: dict[str, torch.Tensor])
 def _to_interleaved(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     """HF rotate-half rows → the pairwise layout llama.cpp's converter writes."""
     rows = w.shape[0]
-    return w.reshape(num_heads, 2, rows // num_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(num_heads, 2, rows // num_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 _GGUF_NAMES = {

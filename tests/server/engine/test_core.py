@@ -110,7 +110,9 @@ def test_random_aborts_leave_kv_at_baseline(model_path) -> None:
     live: list[str] = []
     for i in range(500):
         rid = f"r{i}"
-        llm.core.add_request(llm.new_request(_prompt(i, rng.randrange(3, 60)), GREEDY, request_id=rid))
+        llm.core.add_request(
+            llm.new_request(_prompt(i, rng.randrange(3, 60)), GREEDY, request_id=rid)
+        )
         live.append(rid)
         if rng.random() < 0.5:
             for out in llm.core.step():
@@ -124,13 +126,18 @@ def test_random_aborts_leave_kv_at_baseline(model_path) -> None:
         llm.core.step()
     usage = llm.core.stats().scheduler.kv
     assert usage.num_used_by_running == 0 and usage.num_pinned_by_sessions == 0
-    assert usage.num_free + usage.num_cached_evictable == baseline.num_free + baseline.num_cached_evictable
+    assert (
+        usage.num_free + usage.num_cached_evictable
+        == baseline.num_free + baseline.num_cached_evictable
+    )
 
 
 def test_stop_string_split_across_tokens_never_leaks(model_path) -> None:
     llm = _llm(model_path)
     prompt = _prompt(20, 30)
-    full = "".join(o.text_delta for o in llm.generate(prompt, SamplingParams(max_tokens=30, ignore_eos=True)))
+    full = "".join(
+        o.text_delta for o in llm.generate(prompt, SamplingParams(max_tokens=30, ignore_eos=True))
+    )
     assert len(full) > 6
     stop = full[3:6]  # three characters, spanning several byte-level tokens
     outs = list(llm.generate(prompt, SamplingParams(max_tokens=30, ignore_eos=True, stop=(stop,))))
@@ -141,10 +148,16 @@ def test_stop_string_split_across_tokens_never_leaks(model_path) -> None:
 
 def test_same_seed_same_tokens(model_path) -> None:
     llm = _llm(model_path)
-    sampling = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=20, ignore_eos=True)
+    sampling = SamplingParams(
+        temperature=1.0, top_p=0.95, seed=1234, max_tokens=20, ignore_eos=True
+    )
     a = _alone(llm, _prompt(30, 12), sampling)
     b = _alone(llm, _prompt(30, 12), sampling)
-    c = _alone(llm, _prompt(30, 12), SamplingParams(temperature=1.0, seed=99, max_tokens=20, ignore_eos=True))
+    c = _alone(
+        llm,
+        _prompt(30, 12),
+        SamplingParams(temperature=1.0, seed=99, max_tokens=20, ignore_eos=True),
+    )
     assert a == b and a != c
 
 

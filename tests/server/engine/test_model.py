@@ -22,14 +22,22 @@ def _model(tmp_path, config: TinyConfig) -> Transformer:
 
 def _chunk(rid: str, tokens: list[int], start: int, blocks: tuple[int, ...]) -> ScheduledChunk:
     return ScheduledChunk(
-        request_id=rid, token_ids=tuple(tokens), start_position=start, block_ids=blocks,
-        sample=True, seq=None,  # type: ignore[arg-type]  # the runner never reads it
+        request_id=rid,
+        token_ids=tuple(tokens),
+        start_position=start,
+        block_ids=blocks,
+        sample=True,
+        seq=None,  # type: ignore[arg-type]  # the runner never reads it
     )
 
 
 @pytest.mark.parametrize(
     "config",
-    [TinyConfig(), TinyConfig(architecture="qwen2", tie_embeddings=True), TinyConfig(num_kv_heads=4)],
+    [
+        TinyConfig(),
+        TinyConfig(architecture="qwen2", tie_embeddings=True),
+        TinyConfig(num_kv_heads=4),
+    ],
     ids=["llama-gqa", "qwen2-tied", "mha"],
 )
 def test_incremental_decode_equals_full_forward(tmp_path, config: TinyConfig) -> None:
