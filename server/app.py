@@ -1,0 +1,196 @@
+"""The Banterbox server: one port for WebSockets and HTTP probes, the engine, sessions, plugins.
+
+Lifecycle: `start(load_model)` listens at once (so /healthz answers while the model loads),
+loads the model in a thread and starts the engine thread; `/readyz` turns 200 then. `shutdown()`
+stops accepting, lets in-flight turns finish for `shutdown_grace_s`, cancels the rest, closes
+every connection with 1001 and stops the engine. Never reads argv or the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from .async_engine import AsyncEngine
+from .auth import Authenticator
+from .config import ServerConfig
+from .connection import CLOSE_GOING_AWAY, Connection
+from .engine.core import EngineStats
+from .engine.llm import LLM
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .plugin_host import PluginRegistry, load_plugins
+from .sessions import SessionStore
+from .turns import TurnRunner
+
+log = logging.getLogger("banterbox.server")
+_DRAIN_POLL_S = 0.02  # how often shutdown looks whether in-flight turns have ended
+_CANCEL_WAIT_S = 2.0  # after cancelling, how long the "cancelled" done frames may take
+
+
+class BanterboxServer:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        plugins: PluginRegistry | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.config = config
+        self.plugins = plugins or load_plugins(config.plugins.enabled, config.plugins.settings)
+        self.authenticator = authenticator or Authenticator(config.auth.keys)
+        self.sessions = SessionStore(
+            idle_ttl_s=config.sessions.idle_ttl_s, max_per_tenant=config.sessions.max_per_tenant
+        )
+        self.metrics = ServerMetrics(self._engine_stats)
+        self.metrics.sessions.set_function(lambda: len(self.sessions))
+        self.llm: LLM | None = None
+        self.engine: AsyncEngine | None = None
+        self.turns: TurnRunner | None = None
+        self.connections: set[Connection] = set()
+        self.shutting_down = False
+        self._ws_server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._request_ended = asyncio.Event()
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.healthy and not self.shutting_down
+
+    @property
+    def model_name(self) -> str:
+        return self.llm.info.name if self.llm is not None else ""
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None, "not started"
+        port: int = self._ws_server.sockets[0].getsockname()[1]
+        return port
+
+    def wire_limits(self) -> dict[str, int]:
+        limits = self.config.limits.to_wire()
+        limits["max_inflight_per_connection"] = self.config.server.max_inflight_per_connection
+        if self.turns is not None:
+            limits["max_prompt_tokens"] = self.turns.max_prompt_tokens
+        return limits
+
+    def notify_request_end(self) -> None:
+        self._request_ended.set()
+
+    def _engine_stats(self) -> EngineStats | None:
+        return self.engine.stats if self.engine is not None else None
+
+    @property
+    def num_inflight(self) -> int:
+        return sum(len(c.inflight) for c in self.connections)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, load_model: Callable[[], LLM]) -> None:
+        """Listen, then load the model (in a thread) and start the engine."""
+        net = self.config.server
+        self._ws_server = await serve(
+            self._handle,
+            net.host,
+            net.port,
+            process_request=self._process_request,
+            max_size=self.config.max_message_bytes,
+            write_limit=net.write_limit_bytes,
+            close_timeout=net.close_timeout_s,
+            ping_interval=net.ping_interval_s or None,
+        )
+        llm = await asyncio.to_thread(load_model)
+        engine = AsyncEngine(llm)
+        engine.start()
+        self.llm, self.engine = llm, engine
+        self.turns = TurnRunner(
+            llm=llm, engine=engine, sessions=self.sessions, metrics=self.metrics, settings=net
+        )
+        self._sweeper = asyncio.create_task(self._sweep_sessions())
+
+    async def shutdown(self) -> None:
+        """Graceful stop; see the module docstring. Safe to call once."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        assert self._ws_server is not None
+        self._ws_server.server.close()  # stop accepting; open connections carry on
+        grace = self.config.server.shutdown_grace_s
+        if not await self._wait_drained(grace):
+            log.info("cancelling %d requests still in flight", self.num_inflight)
+            for connection in list(self.connections):
+                connection.cancel_all()
+            await self._wait_drained(_CANCEL_WAIT_S)
+        await asyncio.gather(
+            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in list(self.connections))
+        )
+        self._ws_server.close(close_connections=True)
+        await self._ws_server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.engine is not None:
+            await self.engine.stop()
+
+    async def _wait_drained(self, timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.num_inflight:
+                    self._request_ended.clear()
+                    try:
+                        async with asyncio.timeout(_DRAIN_POLL_S):
+                            await self._request_ended.wait()
+                    except TimeoutError:
+                        pass
+        except TimeoutError:
+            return False
+        return True
+
+    async def _sweep_sessions(self) -> None:
+        period = min(30.0, self.config.sessions.idle_ttl_s / 2)
+        while True:
+            await asyncio.sleep(period)
+            self.sessions.expire()
+
+    # --- WebSocket and HTTP -------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        send_buffer = self.config.server.socket_send_buffer_bytes
+        sock = ws.transport.get_extra_info("socket")
+        if send_buffer and sock is not None:
+            # A small kernel buffer makes the write deadline catch a stalled reader sooner.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        connection = Connection(ws, self)
+        self.connections.add(connection)
+        self.metrics.connections.inc()
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self.metrics.connections.dec()
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            if self.ready:
+                return ws.respond(HTTPStatus.OK, "ready\n")
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+        if path == "/metrics":
+            response = ws.respond(HTTPStatus.OK, self.metrics.render().decode())
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = CONTENT_TYPE
+            return response
+        if self.shutting_down:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        assert self._ws_server is not None
+        if len(self.connections) >= self.config.server.max_connections:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        return None

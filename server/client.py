@@ -1,0 +1,349 @@
+"""An asyncio Banterbox client (tests, bench/, bots). Uses protocol/ and websockets; no server code.
+
+    async with BanterboxClient.connect("ws://127.0.0.1:8765", api_key=KEY) as client:
+        stream = client.generate(messages=[{"role": "user", "content": "Hi!"}], max_tokens=32)
+        async for delta in stream:
+            print(delta.text, end="")
+        print(stream.done.usage)
+
+One reader task decodes every server frame and routes it by request id to the stream or
+future waiting on it; frames for no pending request (plugin events, late errors) go to
+`client.events`. Server error frames raise `BanterboxError` from the waiting call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ChatMessage,
+    ClientFrame,
+    Delta,
+    Done,
+    Encoding,
+    ErrorFrame,
+    Generate,
+    Hello,
+    Limits,
+    PluginFrame,
+    Priority,
+    ProtocolError,
+    Role,
+    Sampling,
+    ServerFrame,
+    SessionClose,
+    SessionClosed,
+    SessionInfo,
+    SessionOpen,
+    SessionResume,
+    Welcome,
+    decode_server_frame,
+    encode_frame,
+)
+
+_T = TypeVar("_T")
+CONNECTION_CLOSED = "connection_closed"  # a client-side code: the socket went away
+
+
+class BanterboxError(Exception):
+    """An error frame from the server (or the connection closing under a request)."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+    @classmethod
+    def from_frame(cls, frame: ErrorFrame) -> BanterboxError:
+        return cls(frame.code, frame.message, retryable=frame.retryable)
+
+
+def _messages(messages: Sequence[ChatMessage | Mapping[str, str]]) -> tuple[ChatMessage, ...]:
+    return tuple(
+        m if isinstance(m, ChatMessage) else ChatMessage(role=Role(m["role"]), content=m["content"])
+        for m in messages
+    )
+
+
+class _Pending:
+    """Frames of one request id, in arrival order; None marks the connection's end."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[ServerFrame | None] = asyncio.Queue()
+
+
+class ResponseStream:
+    """The answer frames of one request, started on first iteration."""
+
+    def __init__(self, client: BanterboxClient, frame: ClientFrame, request_id: str) -> None:
+        self.request_id = request_id
+        self._client = client
+        self._frame = frame
+        self._pending: _Pending | None = None
+        self._finished = False
+
+    async def _next_frame(self) -> ServerFrame:
+        if self._pending is None:
+            self._pending = self._client._register(self.request_id)
+            await self._client._send(self._frame)
+        frame = await self._pending.queue.get()
+        if frame is None:
+            self._finish()
+            raise BanterboxError(CONNECTION_CLOSED, "the connection closed")
+        if isinstance(frame, ErrorFrame):
+            self._finish()
+            raise BanterboxError.from_frame(frame)
+        return frame
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._client._unregister(self.request_id)
+
+
+class GenerateStream(ResponseStream):
+    """Deltas of a generate turn; `done` holds its done frame once iteration ends."""
+
+    def __init__(self, client: BanterboxClient, frame: Generate) -> None:
+        super().__init__(client, frame, frame.request_id)
+        self.done: Done | None = None
+        self.deltas: list[Delta] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(delta.text for delta in self.deltas)
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._finished:
+            raise StopAsyncIteration
+        frame = await self._next_frame()
+        if isinstance(frame, Done):
+            self.done = frame
+            self._finish()
+            raise StopAsyncIteration
+        if not isinstance(frame, Delta):
+            raise BanterboxError("unexpected_frame", f"{type(frame).__name__} in a generate")
+        self.deltas.append(frame)
+        return frame
+
+    async def collect(self) -> Done:
+        """Read to the end; the done frame (the text is in `self.text`)."""
+        async for _ in self:
+            pass
+        assert self.done is not None
+        return self.done
+
+
+class PluginStream(ResponseStream):
+    """Every frame answering a plugin request; ends after `done` or a type in `end_types`."""
+
+    def __init__(
+        self,
+        client: BanterboxClient,
+        frame: PluginFrame,
+        request_id: str,
+        end_types: frozenset[str],
+    ) -> None:
+        super().__init__(client, frame, request_id)
+        self._end_types = end_types
+
+    def __aiter__(self) -> AsyncIterator[ServerFrame]:
+        return self
+
+    async def __anext__(self) -> ServerFrame:
+        if self._finished:
+            raise StopAsyncIteration
+        frame = await self._next_frame()
+        if isinstance(frame, Done) or (
+            isinstance(frame, PluginFrame) and frame.type in self._end_types
+        ):
+            self._finish()
+        return frame
+
+
+class BanterboxClient:
+    def __init__(self, ws: ClientConnection, encoding: Encoding) -> None:
+        self.ws = ws
+        self.encoding = encoding
+        self.welcome: Welcome | None = None
+        self.events: asyncio.Queue[ServerFrame] = asyncio.Queue()  # frames nobody waits for
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self._limits = Limits(max_frame_bytes=1 << 30, max_string_chars=1 << 28)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        encoding: str = "msgpack",
+        client_name: str = "banterbox-python",
+        open_timeout_s: float = 10.0,
+    ) -> AsyncIterator[BanterboxClient]:
+        """Connect, say hello (the key as a Bearer header) and wait for welcome."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        async with connect(
+            url, additional_headers=headers, open_timeout=open_timeout_s, max_size=None
+        ) as ws:
+            client = cls(ws, Encoding(encoding))
+            client._reader = asyncio.create_task(client._read())
+            try:
+                client.welcome = await client._handshake(client_name)
+                yield client
+            finally:
+                client._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await client._reader
+
+    def new_request_id(self) -> str:
+        return f"r{next(self._ids)}"
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        *,
+        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        prompt: str | None = None,
+        session_id: str | None = None,
+        max_tokens: int | None = None,
+        sampling: Mapping[str, Any] | Sampling | None = None,
+        stop: Sequence[str] | None = None,
+        priority: str = "interactive",
+        return_token_ids: bool = False,
+        request_id: str | None = None,
+    ) -> GenerateStream:
+        """A turn; the frame is sent when iteration starts."""
+        if sampling is not None and not isinstance(sampling, Sampling):
+            sampling = Sampling(**sampling)
+        frame = Generate(
+            request_id=request_id or self.new_request_id(),
+            session_id=session_id,
+            messages=_messages(messages) if messages is not None else None,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            stop=tuple(stop) if stop is not None else None,
+            priority=Priority(priority),
+            return_token_ids=return_token_ids,
+            sampling=sampling,
+        )
+        return GenerateStream(self, frame)
+
+    async def cancel(self, request_id: str) -> None:
+        """Ask to cancel; the request's stream then ends with finish_reason "cancelled"."""
+        await self._send(Cancel(request_id=request_id))
+
+    async def open_session(
+        self, session_id: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> SessionInfo:
+        frame = SessionOpen(
+            request_id=self.new_request_id(),
+            session_id=session_id,
+            metadata=MappingProxyType(dict(metadata)) if metadata else None,
+        )
+        return await self._single(frame, frame.request_id, SessionInfo)
+
+    async def resume_session(self, session_id: str) -> SessionInfo:
+        frame = SessionResume(request_id=self.new_request_id(), session_id=session_id)
+        return await self._single(frame, frame.request_id, SessionInfo)
+
+    async def close_session(self, session_id: str) -> SessionClosed:
+        frame = SessionClose(request_id=self.new_request_id(), session_id=session_id)
+        return await self._single(frame, frame.request_id, SessionClosed)
+
+    def send_plugin(
+        self,
+        frame_type: str,
+        payload: Mapping[str, object],
+        *,
+        request_id: str | None = None,
+        end_types: frozenset[str] = frozenset(),
+    ) -> PluginStream:
+        """A plugin request; iterate its answer frames (ends after done or an end type)."""
+        request_id = request_id or self.new_request_id()
+        frame = PluginFrame(
+            type=frame_type, request_id=request_id, payload=MappingProxyType(dict(payload))
+        )
+        return PluginStream(self, frame, request_id, end_types)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    async def _single(self, frame: ClientFrame, request_id: str, kind: type[_T]) -> _T:
+        stream = ResponseStream(self, frame, request_id)
+        answer = await stream._next_frame()
+        stream._finish()
+        if not isinstance(answer, kind):
+            raise BanterboxError("unexpected_frame", f"{type(answer).__name__}, not {kind}")
+        return answer
+
+    async def _handshake(self, client_name: str) -> Welcome:
+        pending = self._register("")
+        await self._send(Hello(protocol=PROTOCOL_VERSION, client=client_name))
+        frame = await pending.queue.get()
+        self._unregister("")
+        if isinstance(frame, ErrorFrame):
+            raise BanterboxError.from_frame(frame)
+        if not isinstance(frame, Welcome):
+            raise BanterboxError(CONNECTION_CLOSED, f"no welcome: {frame!r}")
+        return frame
+
+    def _register(self, request_id: str) -> _Pending:
+        if request_id in self._pending:
+            raise ValueError(f"request id {request_id!r} is already pending on this client")
+        pending = _Pending()
+        if self._closed:
+            pending.queue.put_nowait(None)
+        self._pending[request_id] = pending
+        return pending
+
+    def _unregister(self, request_id: str) -> None:
+        self._pending.pop(request_id, None)
+
+    async def _send(self, frame: ClientFrame) -> None:
+        try:
+            await self.ws.send(encode_frame(frame, self.encoding))
+        except ConnectionClosed as exc:
+            raise BanterboxError(CONNECTION_CLOSED, str(exc)) from None
+
+    def _route(self, frame: ServerFrame) -> None:
+        request_id = getattr(frame, "request_id", None)
+        if isinstance(frame, Welcome) or (isinstance(frame, ErrorFrame) and request_id is None):
+            request_id = "" if "" in self._pending else None  # the handshake's answer
+        pending = self._pending.get(request_id) if request_id is not None else None
+        if pending is not None:
+            pending.queue.put_nowait(frame)
+        else:
+            self.events.put_nowait(frame)
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                try:
+                    frame = decode_server_frame(message, limits=self._limits)
+                except ProtocolError as exc:
+                    self.events.put_nowait(ErrorFrame.from_error(exc))
+                    continue
+                self._route(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._closed = True
+            for pending in self._pending.values():
+                pending.queue.put_nowait(None)

@@ -1,0 +1,365 @@
+"""One client WebSocket: handshake, frame dispatch, request multiplexing, sends with a deadline.
+
+State: AWAITING_HELLO → READY → CLOSING (or straight to CLOSING); any other move raises
+IllegalTransition. Every answer goes out in the encoding of the frame it answers. A send that
+cannot complete within `write_deadline_s` (the client stopped reading) closes the connection
+with 1008 and cancels its requests; other connections are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from plugins.api import Plugin
+from protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ClientFrame,
+    Done,
+    Encoding,
+    ErrorCode,
+    ErrorFrame,
+    Generate,
+    Hello,
+    PluginFrame,
+    ProtocolError,
+    ServerFrame,
+    SessionClose,
+    SessionClosed,
+    SessionInfo,
+    SessionOpen,
+    SessionResume,
+    Welcome,
+    decode_client_frame,
+    encode_frame,
+    encoding_of,
+)
+
+from .auth import Principal, bearer_token
+from .plugin_host import ConnectionContext
+from .turns import Turn, TurnSpec
+
+if TYPE_CHECKING:
+    from .app import BanterboxServer
+
+log = logging.getLogger("banterbox.connection")
+SERVER_VERSION = "0.1.0"
+CORE_CAPABILITIES = ("sessions", "cancel", "token_ids")
+CLOSE_POLICY = 1008  # policy violation: bad handshake, bad key, stalled reader
+CLOSE_GOING_AWAY = 1001
+
+
+class ConnectionState(enum.Enum):
+    AWAITING_HELLO = "awaiting_hello"
+    READY = "ready"
+    CLOSING = "closing"
+
+
+_TRANSITIONS = {
+    ConnectionState.AWAITING_HELLO: frozenset({ConnectionState.READY, ConnectionState.CLOSING}),
+    ConnectionState.READY: frozenset({ConnectionState.CLOSING}),
+    ConnectionState.CLOSING: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class ConnectionGone(Exception):
+    """The client is gone or too slow: stop producing frames for it."""
+
+
+@dataclass(eq=False, kw_only=True)
+class Inflight:
+    """A request between its frame and its last answer frame."""
+
+    request_id: str
+    encoding: Encoding
+    received_at: float
+    task: asyncio.Task[None] | None = None
+    turns: list[Turn] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        """Cancel its engine turns (they end with a "cancelled" done), else its task."""
+        if self.turns:
+            for turn in self.turns:
+                turn.cancel()
+        elif self.task is not None:
+            self.task.cancel()
+
+
+class Connection:
+    def __init__(self, ws: ServerConnection, app: BanterboxServer) -> None:
+        self.ws = ws
+        self.app = app
+        self.connection_id = f"c-{secrets.token_hex(6)}"
+        self.state = ConnectionState.AWAITING_HELLO
+        self.inflight: dict[str, Inflight] = {}
+        self.principal: Principal | None = None
+        self._hello_encoding = Encoding.MSGPACK
+        self._engine_ids = itertools.count()
+        self._context = ConnectionContext(self)
+        self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def tenant(self) -> str:
+        assert self.principal is not None, "no tenant before the handshake"
+        return self.principal.tenant
+
+    def _transition(self, new: ConnectionState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.connection_id}: {self.state.name} → {new.name}")
+        self.state = new
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async for message in self.ws:
+                await self._on_message(message)
+                if self.state is ConnectionState.CLOSING:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.state is not ConnectionState.CLOSING:
+                self._transition(ConnectionState.CLOSING)
+            self.cancel_all()
+            if self._closer is not None:
+                await self._closer
+
+    def cancel_all(self) -> None:
+        for inflight in list(self.inflight.values()):
+            inflight.cancel()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close now; a client that does not read its close frame is dropped after a timeout."""
+        if self.state is not ConnectionState.CLOSING:
+            self._transition(ConnectionState.CLOSING)
+        try:
+            async with asyncio.timeout(self.app.config.server.close_timeout_s):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            self.ws.transport.abort()
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if self.state is not ConnectionState.CLOSING:
+            self._transition(ConnectionState.CLOSING)
+        if self._closer is None:
+            self._closer = asyncio.create_task(self.close(code, reason))
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send(self, frame: ServerFrame, encoding: Encoding) -> None:
+        if isinstance(frame, ErrorFrame):
+            self.app.metrics.errors.labels(frame.code).inc()
+        data = encode_frame(frame, encoding)
+        try:
+            async with asyncio.timeout(self.app.config.server.write_deadline_s):
+                await self.ws.send(data)
+        except TimeoutError:
+            log.warning("%s: write deadline exceeded; closing", self.connection_id)
+            self.cancel_all()
+            self._close_soon(CLOSE_POLICY, "write deadline exceeded")
+            raise ConnectionGone("write deadline exceeded") from None
+        except ConnectionClosed:
+            raise ConnectionGone("connection closed") from None
+
+    async def send_for(self, frame: ServerFrame) -> None:
+        """Send in the encoding of the request the frame answers (else the hello's)."""
+        request_id = getattr(frame, "request_id", None)
+        inflight = self.inflight.get(request_id) if request_id is not None else None
+        await self.send(frame, inflight.encoding if inflight else self._hello_encoding)
+
+    async def _send_error(self, error: ProtocolError, encoding: Encoding) -> None:
+        await self.send(ErrorFrame.from_error(error), encoding)
+        if error.closes_connection:
+            self._close_soon(CLOSE_POLICY, error.code.value)
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def _on_message(self, message: str | bytes) -> None:
+        received_at = time.monotonic()
+        encoding = encoding_of(message)
+        try:
+            frame = decode_client_frame(
+                message, limits=self.app.config.limits, plugin_types=self.app.plugins.frame_types
+            )
+            await self._dispatch(frame, encoding, received_at)
+        except ProtocolError as error:
+            await self._send_error(error, encoding)
+        except ConnectionGone:
+            pass
+
+    async def _dispatch(self, frame: ClientFrame, encoding: Encoding, received_at: float) -> None:
+        if self.state is ConnectionState.AWAITING_HELLO:
+            if not isinstance(frame, Hello):
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "the first frame must be hello")
+            await self._on_hello(frame, encoding)
+        elif isinstance(frame, Hello):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "type: hello was already received")
+        elif isinstance(frame, Cancel):
+            self._on_cancel(frame)
+        elif isinstance(frame, SessionOpen | SessionResume | SessionClose):
+            self._require_scope("generate", frame.request_id)
+            await self.send(self._on_session(frame), encoding)
+        elif isinstance(frame, Generate):
+            self._require_scope("generate", frame.request_id)
+            inflight = self._admit(frame.request_id, encoding, received_at)
+            turn = self._start_or_forget(inflight, TurnSpec.from_generate(frame, received_at))
+            inflight.turns.append(turn)
+            self._spawn(inflight, self._stream_turn(inflight, turn))
+        else:
+            plugin = self.app.plugins.by_type[frame.type]
+            request_id = frame.request_id or ""
+            self._require_scope(plugin.scope, request_id)
+            inflight = self._admit(request_id, encoding, received_at)
+            self._spawn(inflight, self._run_plugin(inflight, plugin, frame))
+
+    async def _on_hello(self, hello: Hello, encoding: Encoding) -> None:
+        app = self.app
+        if not app.ready:
+            code = ErrorCode.SHUTTING_DOWN if app.shutting_down else ErrorCode.NOT_READY
+            raise ProtocolError(code, "the server is not ready; retry later")
+        header = self.ws.request.headers.get("Authorization") if self.ws.request else None
+        principal = app.authenticator.authenticate(bearer_token(header) or hello.api_key)
+        if principal is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or unknown API key")
+        self.principal = principal
+        self._hello_encoding = encoding
+        self._transition(ConnectionState.READY)
+        welcome = Welcome(
+            server_version=SERVER_VERSION,
+            protocol=PROTOCOL_VERSION,
+            model=app.model_name,
+            limits=app.wire_limits(),
+            capabilities=(*CORE_CAPABILITIES, *app.plugins.capabilities),
+            connection_id=self.connection_id,
+        )
+        await self.send(welcome, encoding)
+
+    def _require_scope(self, scope: str, request_id: str) -> None:
+        assert self.principal is not None
+        if not self.principal.may(scope):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"this key lacks the {scope!r} scope", request_id=request_id
+            )
+
+    def _on_cancel(self, frame: Cancel) -> None:
+        inflight = self.inflight.get(frame.request_id)
+        if inflight is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"no request {frame.request_id!r} in flight",
+                request_id=frame.request_id,
+            )
+        inflight.cancel()
+
+    def _on_session(self, frame: SessionOpen | SessionResume | SessionClose) -> ServerFrame:
+        store = self.app.sessions
+        try:
+            if isinstance(frame, SessionClose):
+                closed = store.close(self.tenant, frame.session_id)
+                return SessionClosed(request_id=frame.request_id, session_id=closed.session_id)
+            if isinstance(frame, SessionResume):
+                session, resumed = store.get(self.tenant, frame.session_id), True
+            else:
+                session, resumed = store.open(self.tenant, frame.session_id, frame.metadata)
+        except ProtocolError as error:
+            raise error.with_request_id(frame.request_id) from None
+        return SessionInfo(
+            request_id=frame.request_id,
+            session_id=session.session_id,
+            resumed=resumed,
+            num_turns=session.num_turns,
+        )
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _admit(self, request_id: str, encoding: Encoding, received_at: float) -> Inflight:
+        limit = self.app.config.server.max_inflight_per_connection
+        if self.app.shutting_down:
+            raise ProtocolError(
+                ErrorCode.SHUTTING_DOWN, "the server is stopping", request_id=request_id
+            )
+        if request_id in self.inflight:
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_REQUEST_ID,
+                f"request {request_id!r} is already in flight",
+                request_id=request_id,
+            )
+        if len(self.inflight) >= limit:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"{limit} requests already in flight on this connection",
+                request_id=request_id,
+            )
+        inflight = Inflight(request_id=request_id, encoding=encoding, received_at=received_at)
+        self.inflight[request_id] = inflight
+        return inflight
+
+    def start_turn(self, spec: TurnSpec) -> Turn:
+        turns = self.app.turns
+        if turns is None:
+            raise ProtocolError(ErrorCode.NOT_READY, "the model is not loaded")
+        engine_request_id = f"{self.connection_id}/{next(self._engine_ids)}"
+        return turns.start(spec, tenant=self.tenant, engine_request_id=engine_request_id)
+
+    def _start_or_forget(self, inflight: Inflight, spec: TurnSpec) -> Turn:
+        try:
+            return self.start_turn(spec)
+        except ProtocolError as error:
+            self._end(inflight)
+            raise error.with_request_id(inflight.request_id) from None
+
+    def _end(self, inflight: Inflight) -> None:
+        # Before the last frame goes out, so that the client may reuse the id at once.
+        if self.inflight.get(inflight.request_id) is inflight:
+            del self.inflight[inflight.request_id]
+
+    def _spawn(self, inflight: Inflight, work: Coroutine[Any, Any, None]) -> None:
+        inflight.task = asyncio.create_task(self._guard(inflight, work))
+
+    async def _guard(self, inflight: Inflight, work: Coroutine[Any, Any, None]) -> None:
+        """Run a request's work; whatever happens, the request ends and the client hears why."""
+        error: ProtocolError | None = None
+        try:
+            await work
+        except ProtocolError as exc:
+            error = exc.with_request_id(exc.request_id or inflight.request_id)
+        except (ConnectionGone, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("%s: request %r failed", self.connection_id, inflight.request_id)
+            error = ProtocolError(
+                ErrorCode.INTERNAL, "internal error", request_id=inflight.request_id
+            )
+        finally:
+            self._end(inflight)
+            self.app.notify_request_end()
+        if error is not None and self.state is not ConnectionState.CLOSING:
+            with suppress(ConnectionGone):
+                await self._send_error(error, inflight.encoding)
+
+    async def _stream_turn(self, inflight: Inflight, turn: Turn) -> None:
+        async with aclosing(turn.events()) as events:
+            async for event in events:
+                if isinstance(event, Done):
+                    self._end(inflight)
+                await self.send(event, inflight.encoding)
+
+    async def _run_plugin(self, inflight: Inflight, plugin: Plugin, frame: PluginFrame) -> None:
+        await plugin.handle(frame, self._context)

@@ -1,0 +1,115 @@
+"""Per-tenant conversation sessions: transcript, metadata, idle TTL. No I/O, no engine calls.
+
+Ids are scoped by tenant: two tenants may both have a session "npc-7" and never see each other's.
+Opening an id that already exists for the tenant resumes it (`resumed: true`), so a client can
+open its sessions idempotently after a reconnect. Another tenant's id is, to the caller, a
+session that does not exist. The transcript holds completed turns only: the user messages of
+a turn and the assistant's reply are appended together when the turn ends (not when it is
+cancelled or fails). A session's `metadata["system"]`, when given, is its system prompt.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from protocol import ChatMessage, ErrorCode, ProtocolError, Role
+
+SYSTEM_KEY = "system"
+
+
+@dataclass(kw_only=True)
+class Session:
+    tenant: str
+    session_id: str
+    metadata: Mapping[str, str]
+    messages: list[ChatMessage] = field(default_factory=list)
+    num_turns: int = 0
+    last_used: float = 0.0
+    busy: bool = False  # a turn is running: a second concurrent turn would interleave
+
+    @property
+    def engine_session_id(self) -> str:
+        # Session ids have no control characters, so the separator cannot be forged.
+        return f"{self.tenant}\x1f{self.session_id}"
+
+    def prompt_messages(self, new: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """System prompt + history + the new turn's messages, ready for the chat template."""
+        system = self.metadata.get(SYSTEM_KEY)
+        head = [ChatMessage(role=Role.SYSTEM, content=system)] if system else []
+        return [*head, *self.messages, *new]
+
+
+class SessionStore:
+    """Every tenant's open sessions, expired after `idle_ttl_s` without use."""
+
+    def __init__(
+        self,
+        *,
+        idle_ttl_s: float = 600.0,
+        max_per_tenant: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._idle_ttl_s = idle_ttl_s
+        self._max_per_tenant = max_per_tenant
+        self._clock = clock
+        self._sessions: dict[tuple[str, str], Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(
+        self, tenant: str, session_id: str | None, metadata: Mapping[str, str] | None
+    ) -> tuple[Session, bool]:
+        """The new session, or the tenant's existing one with that id (True: resumed)."""
+        self.expire()
+        if session_id is not None:
+            existing = self._sessions.get((tenant, session_id))
+            if existing is not None:
+                existing.last_used = self._clock()
+                return existing, True
+        if sum(1 for t, _ in self._sessions if t == tenant) >= self._max_per_tenant:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"this tenant has {self._max_per_tenant} open sessions; close some",
+            )
+        session_id = session_id or f"s-{secrets.token_hex(8)}"
+        session = Session(
+            tenant=tenant,
+            session_id=session_id,
+            metadata=MappingProxyType(dict(metadata or {})),
+            last_used=self._clock(),
+        )
+        self._sessions[(tenant, session_id)] = session
+        return session, False
+
+    def get(self, tenant: str, session_id: str) -> Session:
+        """The tenant's session; ProtocolError(session_not_found) if it has none by that id."""
+        self.expire()
+        session = self._sessions.get((tenant, session_id))
+        if session is None:
+            raise ProtocolError(
+                ErrorCode.SESSION_NOT_FOUND, f"no session {session_id!r} (closed or expired?)"
+            )
+        session.last_used = self._clock()
+        return session
+
+    def close(self, tenant: str, session_id: str) -> Session:
+        session = self.get(tenant, session_id)
+        del self._sessions[(tenant, session_id)]
+        return session
+
+    def complete_turn(self, session: Session, new: Sequence[ChatMessage], reply: str) -> None:
+        session.messages.extend(new)
+        session.messages.append(ChatMessage(role=Role.ASSISTANT, content=reply))
+        session.num_turns += 1
+        session.last_used = self._clock()
+
+    def expire(self) -> list[Session]:
+        """Forget sessions idle for longer than the TTL (never one with a turn running)."""
+        deadline = self._clock() - self._idle_ttl_s
+        stale = [key for key, s in self._sessions.items() if s.last_used < deadline and not s.busy]
+        return [self._sessions.pop(key) for key in stale]
