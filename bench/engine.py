@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--device", default="cpu")
     p.add_argument("--history-tokens", type=int, default=1000, help="for the follow-up TTFT")
     p.add_argument("--no-peer", action="store_true", help="skip llama.cpp even when built")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per system; medians reported")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.set_defaults(run=run)
 
@@ -109,29 +111,33 @@ def _follow_up(llm: LLM, history_tokens: int, seed: int) -> dict[str, float]:
     }
 
 
-def _peer(model: Path, args: argparse.Namespace, sizes: list[int]) -> dict[str, Any] | None:
-    if args.no_peer or llama_cpp.find_binary("llama-batched-bench") is None:
-        return None
-    single = llama_cpp.run_llama_bench(
-        model,
-        threads=args.threads,
-        prompt_tokens=args.prompt_tokens,
-        new_tokens=args.new_tokens,
-        reps=3,
-    )
-    batched = llama_cpp.run_batched_bench(
-        model,
-        threads=args.threads,
-        prompt_tokens=args.prompt_tokens,
-        new_tokens=args.new_tokens,
-        parallel=sizes,
-    )
-    return {
-        "name": "llama.cpp",
-        "version": llama_cpp.LLAMA_CPP_PYTHON_VERSION,
-        "single": single,
-        "results": batched,
+def _peer_round(model: Path, args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
+    common = {
+        "threads": args.threads,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
     }
+    single = llama_cpp.run_llama_bench(model, reps=1, **common)
+    batched = llama_cpp.run_batched_bench(model, parallel=sizes, **common)
+    return {"single": single, "results": batched}
+
+
+def _ours_round(llm: LLM, args: argparse.Namespace, sizes: list[int], seed: int) -> dict[str, Any]:
+    single = _batched(llm, 1, args.prompt_tokens, args.new_tokens, seed=seed)
+    batched = [_batched(llm, n, args.prompt_tokens, args.new_tokens, seed=seed + n) for n in sizes]
+    return {"single": single, "results": batched}
+
+
+def _median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median over rounds: these machines are shared and noisy."""
+    keys = ("prefill_tok_s", "decode_tok_s")
+    single = {k: statistics.median(r["single"][k] for r in rounds) for k in keys}
+    results = []
+    for i, first in enumerate(rounds[0]["results"]):
+        row = {"sequences": first["sequences"]}
+        row |= {k: statistics.median(r["results"][i][k] for r in rounds) for k in keys}
+        results.append(row)
+    return {"single": single, "results": results}
 
 
 def _rates(label: str, figures: dict[str, float]) -> str:
@@ -176,8 +182,17 @@ def run(args: argparse.Namespace) -> int:
     )
     llm = LLM.load(model, config)
     _batched(llm, 1, 16, 4, seed=0)  # warm-up: first-call allocations, thread pool start
-    single = _batched(llm, 1, args.prompt_tokens, args.new_tokens, seed=1)
-    results = [_batched(llm, n, args.prompt_tokens, args.new_tokens, seed=n) for n in sizes]
+    with_peer = not args.no_peer and llama_cpp.find_binary("llama-batched-bench") is not None
+    ours_rounds, peer_rounds = [], []
+    for round_index in range(args.repeats):  # alternate the systems so both see the same noise
+        ours_rounds.append(_ours_round(llm, args, sizes, seed=1000 * round_index))
+        if with_peer:
+            peer_rounds.append(_peer_round(model, args, sizes))
+    ours = _median_of(ours_rounds)
+    peer = None
+    if with_peer:
+        peer = {"name": "llama.cpp", "version": llama_cpp.LLAMA_CPP_PYTHON_VERSION}
+        peer |= _median_of(peer_rounds) | {"rounds": peer_rounds}
     report: dict[str, Any] = {
         "benchmark": "engine",
         "model": str(model),
@@ -194,13 +209,12 @@ def run(args: argparse.Namespace) -> int:
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
         },
-        "single": {
-            "prefill_tok_s": single["prefill_tok_s"],
-            "decode_tok_s": single["decode_tok_s"],
-        },
-        "results": results,
+        "repeats": args.repeats,
+        "single": ours["single"],
+        "results": ours["results"],
+        "rounds": ours_rounds,
         "follow_up": _follow_up(llm, args.history_tokens, seed=99),
-        "peer": _peer(model, args, sizes),
+        "peer": peer,
     }
     _print_table(report)
     if args.json:
