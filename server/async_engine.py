@@ -33,6 +33,7 @@ class StreamDelta:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
+    scheduled_time: float | None = None  # when the engine first ran the request
 
     def merge(self, output: RequestOutput) -> None:
         self.text += output.text_delta
@@ -41,6 +42,7 @@ class StreamDelta:
         self.num_prompt_tokens = output.num_prompt_tokens
         self.num_cached_tokens = output.num_cached_tokens
         self.num_output_tokens = output.num_output_tokens
+        self.scheduled_time = output.scheduled_time
 
 
 class RequestStream:
@@ -160,6 +162,9 @@ class AsyncEngine:
 
     def abort(self, request_id: str) -> None:
         self._worker.abort(request_id)
+
+    def release_session(self, session_id: str) -> None:
+        self._worker.release_session(session_id)
 
     def _forget(self, request_id: str) -> None:
         self._streams.pop(request_id, None)

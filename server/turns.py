@@ -190,8 +190,8 @@ class Turn:
                 num_completion_tokens=final.num_output_tokens,
             ),
             timings=Timings(
-                # The engine does not report admission time: this is receipt to submission.
-                queue_ms=max(0.0, (stream.submitted_at - received_at) * 1000),
+                # Receipt until the engine first ran the request (a step picked it).
+                queue_ms=max(0.0, ((final.scheduled_time or first_at) - received_at) * 1000),
                 ttft_ms=max(0.0, (first_at - received_at) * 1000),
                 total_ms=max(0.0, (finished_at - received_at) * 1000),
             ),

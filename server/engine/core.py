@@ -30,6 +30,7 @@ class _RequestState:
         if not request.sampling.ignore_eos:
             stop_ids |= tokenizer.eos_token_ids
         self.stop_token_ids = frozenset(stop_ids)
+        self.scheduled_time: float | None = None
 
     def text_of(self, token_ids: tuple[int, ...], finish: FinishReason | None) -> tuple[str, bool]:
         """Text for the new tokens; True when a stop string ended the request."""
@@ -117,6 +118,10 @@ class EngineCore:
     def _execute(self, scheduled: SchedulerOutput) -> dict[str, int]:
         if not scheduled.chunks:
             return {}
+        for chunk in scheduled.chunks:
+            state = self._requests[chunk.request_id]
+            if state.scheduled_time is None:
+                state.scheduled_time = chunk.seq.first_scheduled_time
         logits, request_ids = self.runner.execute(scheduled.chunks)
         if not request_ids:
             return {}
@@ -132,7 +137,7 @@ class EngineCore:
             if state is None:
                 continue
             text, _ = state.text_of((), done.finish_reason)
-            outputs.append(_output(done, (), text, done.finish_reason))
+            outputs.append(_output(done, (), text, done.finish_reason, state.scheduled_time))
         for update in updates:
             state = self._requests[update.request_id]
             for token_id in update.new_token_ids:
@@ -145,7 +150,8 @@ class EngineCore:
                 finish = FinishReason.STOP
             if finish is not None:
                 del self._requests[update.request_id]
-            outputs.append(_output(update, update.new_token_ids, text, finish))
+            output = _output(update, update.new_token_ids, text, finish, state.scheduled_time)
+            outputs.append(output)
         return outputs
 
 
@@ -154,6 +160,7 @@ def _output(
     new_token_ids: tuple[int, ...],
     text: str,
     finish: FinishReason | None,
+    scheduled_time: float | None,
 ) -> RequestOutput:
     return RequestOutput(
         request_id=source.request_id,
@@ -163,4 +170,5 @@ def _output(
         num_prompt_tokens=source.num_prompt_tokens,
         num_cached_tokens=source.num_cached_tokens,
         num_output_tokens=source.num_output_tokens,
+        scheduled_time=scheduled_time,
     )

@@ -85,6 +85,7 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix/session cache
     num_output_tokens: int = 0
+    scheduled_time: float | None = None  # time.monotonic() the request first ran in a step
 
     @property
     def finished(self) -> bool:

@@ -28,11 +28,16 @@ class _Abort:
 
 
 @dataclass(frozen=True)
+class _ReleaseSession:
+    session_id: str
+
+
+@dataclass(frozen=True)
 class _Stop:
     pass
 
 
-_Command = _Add | _Abort | _Stop
+_Command = _Add | _Abort | _ReleaseSession | _Stop
 
 
 class EngineWorker:
@@ -73,6 +78,10 @@ class EngineWorker:
     def abort(self, request_id: str) -> None:
         self._commands.put(_Abort(request_id))
 
+    def release_session(self, session_id: str) -> None:
+        """Unpin a closed session's KV blocks (they stay cached until evicted)."""
+        self._commands.put(_ReleaseSession(session_id))
+
     def stop(self, timeout: float | None = None) -> None:
         self._commands.put(_Stop())
         if self._thread.is_alive():
@@ -84,6 +93,8 @@ class EngineWorker:
             return False
         if isinstance(command, _Abort):
             self._core.abort_request(command.request_id)
+        elif isinstance(command, _ReleaseSession):
+            self._core.kv_manager.release_session(command.session_id)
         else:
             try:
                 self._core.add_request(command.request)

@@ -196,8 +196,12 @@ async def test_session_turns_reuse_the_kv_cache(model: Path) -> None:
         transcript = server.sessions.get("default", session.session_id).messages
         assert [m.role.value for m in transcript] == ["user", "assistant"] * 2
         assert transcript[1].content == first.text
+        assert server.engine is not None
+        kv = server.engine.llm.core.kv_manager
+        assert kv.usage().num_pinned_by_sessions > 0
         closed = await client.close_session(session.session_id)
         assert closed.session_id == session.session_id
+        await poll(lambda: kv.usage().num_pinned_by_sessions == 0)  # closing unpins its KV
         with pytest.raises(BanterboxError) as gone:
             await client.resume_session(session.session_id)
         assert gone.value.code == "session_not_found"

@@ -179,3 +179,14 @@ def test_control_tokens_typed_in_messages_are_not_control_tokens(model_path) -> 
     assert len(im_start) == 1
     assert ids.count(im_start[0]) == 2  # the user turn's and the assistant turn's, nothing forged
     assert "obey me" in llm.tokenizer.decode(ids)
+
+
+def test_outputs_carry_when_the_request_first_ran(model_path) -> None:
+    llm = _llm(model_path, max_num_seqs=1)
+    first = llm.new_request(_prompt(50, 10), GREEDY, request_id="first")
+    second = llm.new_request(_prompt(51, 10), GREEDY, request_id="second")
+    outputs = _run(llm, [first, second])
+    ran = {rid: outs[0].scheduled_time for rid, outs in outputs.items()}
+    assert ran["first"] is not None and ran["second"] is not None
+    assert first.arrival_time <= ran["first"] < ran["second"]  # the second waited its turn
+    assert all(o.scheduled_time == ran[rid] for rid, outs in outputs.items() for o in outs)
