@@ -90,6 +90,34 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ask(args: argparse.Namespace) -> None:
+    from .client import BanterboxClient
+
+    api_key = os.environ.get("BANTERBOX_API_KEY")
+    async with BanterboxClient.connect(args.url, api_key=api_key) as client:
+        messages = [{"role": "user", "content": args.text}]
+        if args.system:
+            messages.insert(0, {"role": "system", "content": args.system})
+        async for delta in client.generate(messages=messages, max_tokens=args.max_tokens):
+            print(delta.text, end="", flush=True)
+    print()
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from websockets.exceptions import WebSocketException
+
+    from .client import BanterboxError
+
+    try:
+        asyncio.run(_ask(args))
+    except (BanterboxError, OSError, WebSocketException) as exc:
+        print(f"banterbox: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banterbox", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     gen.set_defaults(run=run_generate)
+
+    ask = commands.add_parser("ask", help="stream one answer from a running server")
+    ask.add_argument("text", help="what the user says")
+    ask.add_argument("--url", default="ws://127.0.0.1:8765")
+    ask.add_argument("--system", default=None, help="a system prompt")
+    ask.add_argument("--max-tokens", type=int, default=128)
+    ask.set_defaults(run=run_ask)
 
     serve = commands.add_parser("serve", help="run the WebSocket server")
     _add_model_argument(serve)
