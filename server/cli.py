@@ -98,7 +98,9 @@ async def _ask(args: argparse.Namespace) -> None:
         messages = [{"role": "user", "content": args.text}]
         if args.system:
             messages.insert(0, {"role": "system", "content": args.system})
-        async for delta in client.generate(messages=messages, max_tokens=args.max_tokens):
+        sampling = {"temperature": args.temperature, "top_p": 0.95, "repetition_penalty": 1.1}
+        stream = client.generate(messages=messages, max_tokens=args.max_tokens, sampling=sampling)
+        async for delta in stream:
             print(delta.text, end="", flush=True)
     print()
 
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--url", default="ws://127.0.0.1:8765")
     ask.add_argument("--system", default=None, help="a system prompt")
     ask.add_argument("--max-tokens", type=int, default=128)
+    ask.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
     ask.set_defaults(run=run_ask)
 
     serve = commands.add_parser("serve", help="run the WebSocket server")
