@@ -15,7 +15,6 @@ from server_harness import NO_EOS, fast_config, running_server, url_of, write_ti
 from protocol import FinishReason
 from server.client import BanterboxClient
 from server.config import ConfigError
-from server.pull import default_model_path
 from server.serve import add_serve_arguments, build_config
 
 
@@ -105,8 +104,8 @@ async def test_shutdown_cancels_turns_past_the_grace(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_default_model_streams_real_text() -> None:
-    model = default_model_path(os.environ)
+async def test_default_model_streams_real_text(default_model: Path) -> None:
+    model = default_model
     config = fast_config(engine={"kv_cache_mib": 64, "threads": 2})
     async with (
         running_server(model, config) as server,

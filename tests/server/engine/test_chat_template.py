@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 from server.engine.chat_template import ChatTemplate, load_chat_template
 from server.engine.errors import ChatTemplateError
 from server.engine.gguf_file import open_gguf, read_metadata
-from server.pull import default_model_path
 
 NO_TEMPLATE = "model has no chat template; pass one with --chat-template"
 SIMPLE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -26,10 +24,8 @@ CONVERSATION = [
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    path = default_model_path(os.environ)
-    assert path.is_file(), f"default model missing: {path} (run `make model`)"
-    return path
+def model_path(default_model: Path) -> Path:
+    return default_model
 
 
 @pytest.fixture(scope="module")

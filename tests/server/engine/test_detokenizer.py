@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,17 +12,14 @@ from hypothesis import strategies as st
 from server.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from server.engine.tokenizer import Tokenizer, load_tokenizer
 from server.engine.tokenizer_gguf import load_gguf_tokenizer
-from server.pull import default_model_path
 
 MULTIBYTE_TEXT = ["日本語のテキスト", "🎉👍🏽👨‍👩‍👧", "naïve café déjà", "Ωμέγα", " ελληνικά"]
 
 
 @pytest.fixture(scope="module")
-def byte_level() -> Tokenizer:
+def byte_level(default_model: Path) -> Tokenizer:
     """The default model's byte-level BPE: CJK and emoji split across tokens."""
-    path = default_model_path(os.environ)
-    assert path.is_file(), f"default model missing: {path} (run `make model`)"
-    return load_tokenizer(path)
+    return load_tokenizer(default_model)
 
 
 def _sentencepiece_vocab() -> Tokenizer:

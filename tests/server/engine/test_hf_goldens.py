@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,9 @@ EOS_TOKEN_ID = 2  # <|im_end|>
 LOGIT_ATOL = 1e-3
 
 
-def _model_path() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "banterbox" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
-def llm() -> LLM:
-    path = _model_path()
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `make model` first")
-    return LLM.load(path, EngineConfig(num_threads=2))
+def llm(default_model: Path) -> LLM:
+    return LLM.load(default_model, EngineConfig(num_threads=2))
 
 
 def _by_name(case: dict[str, Any]) -> str:
@@ -53,11 +44,8 @@ def _first_difference(ours: list[int], expected: list[int]) -> int:
     return min(len(ours), len(expected))
 
 
-def test_goldens_are_for_the_default_model() -> None:
-    path = _model_path()
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `make model` first")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+def test_goldens_are_for_the_default_model(default_model: Path) -> None:
+    digest = hashlib.sha256(default_model.read_bytes()).hexdigest()
     assert digest == GOLDEN["model_sha256"], "model file changed: regenerate the goldens"
     assert GOLDEN["max_new_tokens"] == 48
     assert len(CASES) >= 4

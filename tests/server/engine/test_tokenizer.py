@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,13 @@ from hypothesis import strategies as st
 from server.engine.errors import TokenizerError
 from server.engine.gguf_file import open_gguf, read_metadata
 from server.engine.tokenizer import Tokenizer, load_tokenizer
-from server.pull import default_model_path
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    path = default_model_path(os.environ)
-    assert path.is_file(), f"default model missing: {path} (run `make model`)"
-    return path
+def model_path(default_model: Path) -> Path:
+    return default_model
 
 
 @pytest.fixture(scope="module")
