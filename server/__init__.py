@@ -1,1 +1,1 @@
-"""Banterbox runtime: the WebSocket server, sessions, auth, config, CLI. The only package doing I/O."""
+"""Banterbox runtime: WebSocket server, sessions, auth, config, CLI; the only package doing I/O."""

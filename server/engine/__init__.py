@@ -1,1 +1,1 @@
-"""The decoder engine: model, weights, tokenizers, KV memory, scheduler, core. Torch only; no asyncio."""
+"""The decoder engine: model, weights, tokenizers, KV memory, scheduler. Torch only, no asyncio."""
