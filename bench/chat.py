@@ -1,0 +1,118 @@
+"""`python -m bench chat`: live-stream chat at R msgs/s through the moderation plugin; no plots.
+
+Each message is a `mod.check` plugin frame; its latency is the time to the first frame that
+answers it (the verdict), reported in the TTFT columns. A server without the moderation
+plugin is refused up front with one line, so a run never measures errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .load import poisson_arrivals
+from .metrics import RequestTimeline
+from .npc import load_lines
+from .report import default_json_path, level_result, write_report
+
+MODERATION_FRAME = "mod.check"
+
+
+class MissingPluginError(Exception):
+    """The server's welcome does not list the moderation plugin's frame type."""
+
+
+def require_moderation(welcome: Any, url: str) -> None:
+    capabilities = tuple(welcome.capabilities)
+    if MODERATION_FRAME not in capabilities:
+        listed = ", ".join(capabilities) or "none"
+        raise MissingPluginError(
+            f"server at {url} has no moderation plugin (capabilities: {listed})"
+        )
+
+
+async def _check(client: Any, text: str, index: int) -> RequestTimeline:
+    from server.client import BanterboxError
+
+    stream = client.send_plugin(
+        MODERATION_FRAME, {"text": text, "user_id": f"viewer-{index % 50}", "channel_id": "bench"}
+    )
+    start = time.perf_counter()
+    try:
+        async for _ in stream:
+            break  # the first answer is the verdict; later frames are the plugin's business
+    except BanterboxError as exc:
+        return RequestTimeline(
+            start, (), max(time.perf_counter(), start), 0, 0, error_code=exc.code
+        )
+    now = time.perf_counter()
+    return RequestTimeline(start, (now,), now, 0, 0)
+
+
+async def _run_chat(args: argparse.Namespace) -> list[RequestTimeline]:
+    from server.client import BanterboxClient
+
+    messages = load_lines("chat_messages")
+    rng = random.Random(args.seed)
+    async with BanterboxClient.connect(args.url, api_key=args.api_key) as client:
+        require_moderation(client.welcome, args.url)
+        started = time.perf_counter()
+        tasks = []
+        bar = tqdm(desc=f"chat {args.rate}/s", unit="msg", disable=args.no_progress, leave=False)
+        for index, offset in enumerate(poisson_arrivals(args.rate, rng)):
+            if offset >= args.duration:
+                break
+            await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
+            task = asyncio.create_task(_check(client, rng.choice(messages), index))
+            task.add_done_callback(lambda _: bar.update())
+            tasks.append(task)
+        timelines = list(await asyncio.gather(*tasks))
+        bar.close()
+    return timelines
+
+
+def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = scenarios.add_parser("chat", help="chat messages through the moderation plugin")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--rate", type=float, default=5.0, help="messages per second (Poisson)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slo-ttft", type=float, default=0.5, help="verdict latency SLO, seconds")
+    p.add_argument("--json", type=Path, default=None, help="default: bench/results/chat-TIME.json")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        timelines = asyncio.run(_run_chat(args))
+    except MissingPluginError as exc:
+        print(f"bench chat: {exc}")
+        return 1
+    level = level_result(
+        timelines,
+        [0] * len(timelines),
+        duration_s=time.perf_counter() - started,
+        concurrency=None,
+        rate=args.rate,
+        num_players=len(timelines),
+        slo_ttft_s=args.slo_ttft,
+        slo_min_tok_s=0.0,
+    )
+    config = {k: v for k, v in vars(args).items() if k not in ("run", "api_key")}
+    files = write_report(
+        args.json or default_json_path("chat"),
+        scenario="chat",
+        config=config,
+        series={"banterbox": [level]},
+    )
+    print(files.markdown)
+    return 0 if level.metrics.num_ok else 1
