@@ -18,6 +18,8 @@ from types import MappingProxyType
 
 from protocol import ChatMessage, ErrorCode, ProtocolError, Role
 
+from .engine.llm import Transcript
+
 SYSTEM_KEY = "system"
 
 
@@ -30,6 +32,8 @@ class Session:
     num_turns: int = 0
     last_used: float = 0.0
     busy: bool = False  # a turn is running: a second concurrent turn would interleave
+    # What the model saw and said so far, token for token: the next turn extends it exactly.
+    transcript: Transcript | None = None
 
     @property
     def engine_session_id(self) -> str:
@@ -102,7 +106,14 @@ class SessionStore:
         del self._sessions[(tenant, session_id)]
         return session
 
-    def complete_turn(self, session: Session, new: Sequence[ChatMessage], reply: str) -> None:
+    def complete_turn(
+        self,
+        session: Session,
+        new: Sequence[ChatMessage],
+        reply: str,
+        transcript: Transcript | None = None,
+    ) -> None:
+        session.transcript = transcript
         session.messages.extend(new)
         session.messages.append(ChatMessage(role=Role.ASSISTANT, content=reply))
         session.num_turns += 1

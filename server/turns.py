@@ -7,8 +7,9 @@ engine and metrics; never touches a WebSocket.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from protocol import (
     ChatMessage,
@@ -35,7 +36,7 @@ from .engine.errors import (
     RequestError,
     TokenizerError,
 )
-from .engine.llm import LLM
+from .engine.llm import LLM, Transcript
 from .metrics import ServerMetrics
 from .sessions import Session, SessionStore
 
@@ -118,12 +119,14 @@ class Turn:
         session: Session | None,
         sessions: SessionStore,
         metrics: ServerMetrics,
+        transcript: Callable[[Sequence[int]], Transcript],
     ) -> None:
         self.spec = spec
         self._stream = stream
         self._session = session
         self._sessions = sessions
         self._metrics = metrics
+        self._transcript = transcript  # prompt + these output ids → the session's transcript
 
     def cancel(self) -> None:
         """Ask the engine to stop; the turn then ends with finish_reason "cancelled"."""
@@ -134,11 +137,13 @@ class Turn:
         spec = self.spec
         seq = 0
         reply: list[str] = []
+        output_ids: list[int] = []
         last_at = spec.received_at
         final: StreamDelta | None = None
         try:
             async for delta in self._stream:
                 now = time.monotonic()
+                output_ids.extend(delta.token_ids)
                 if delta.finish_reason is not None:
                     final = delta
                 if not (delta.text or (spec.return_token_ids and delta.token_ids)):
@@ -174,7 +179,10 @@ class Turn:
         finish = FinishReason(final.finish_reason.value)
         self._metrics.requests.labels(finish.value).inc()
         if self._session is not None and finish is not FinishReason.CANCELLED:
-            self._sessions.complete_turn(self._session, spec.messages or (), "".join(reply))
+            transcript = self._transcript(output_ids)
+            self._sessions.complete_turn(
+                self._session, spec.messages or (), "".join(reply), transcript
+            )
         yield self._done(final, finish)
 
     def _done(self, final: StreamDelta, finish: FinishReason) -> Done:
@@ -235,7 +243,9 @@ class TurnRunner:
                     f"session {spec.session_id!r} already has a turn in flight",
                 )
             messages = session.prompt_messages(spec.messages)
-        prompt_ids = self._encode(messages, spec.prompt)
+        history = session.transcript if session is not None else None
+        prompt = self._encode(messages, spec.prompt, history)
+        prompt_ids = prompt.token_ids
         if len(prompt_ids) > self.max_prompt_tokens:
             raise ProtocolError(
                 ErrorCode.PROMPT_TOO_LONG,
@@ -254,18 +264,30 @@ class TurnRunner:
             raise ProtocolError(ErrorCode.INTERNAL, f"engine: {exc}") from None
         if session is not None:
             session.busy = True
-        return Turn(spec, stream, session=session, sessions=self._sessions, metrics=self._metrics)
+        return Turn(
+            spec,
+            stream,
+            session=session,
+            sessions=self._sessions,
+            metrics=self._metrics,
+            transcript=partial(self._llm.continue_transcript, prompt),
+        )
 
-    def _encode(self, messages: Sequence[ChatMessage] | None, prompt: str | None) -> list[int]:
+    def _encode(
+        self,
+        messages: Sequence[ChatMessage] | None,
+        prompt: str | None,
+        history: Transcript | None,
+    ) -> Transcript:
         try:
             if messages is not None:
                 rendered = [{"role": m.role.value, "content": m.content} for m in messages]
-                return self._llm.encode_chat(rendered)
+                return self._llm.encode_chat_turn(rendered, history)
             if prompt is None:
                 raise _invalid("messages", "give exactly one of messages and prompt")
             if not prompt:
                 raise _invalid("prompt", "must not be empty")
-            return self._llm.encode_prompt(prompt)
+            return Transcript(prompt, tuple(self._llm.encode_prompt(prompt)))
         except ChatTemplateError as exc:
             raise _invalid("messages", str(exc)) from None
         except TokenizerError as exc:

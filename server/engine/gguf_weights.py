@@ -49,9 +49,7 @@ def _get(md: dict[str, Any], key: str, default: Any = None) -> Any:
 def config_from_metadata(md: dict[str, Any], num_vocab_rows: int) -> ModelConfig:
     arch = md.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"unsupported architecture {arch!r} (supported: {_SUPPORTED})"
-        )
+        raise UnsupportedModelError(f"unsupported architecture {arch!r} (supported: {_SUPPORTED})")
     hidden = int(_get(md, f"{arch}.embedding_length"))
     num_heads = int(_get(md, f"{arch}.attention.head_count"))
     head_dim = int(md.get(f"{arch}.attention.key_length") or hidden // num_heads)

@@ -58,9 +58,7 @@ def _rope_scaling(raw: dict[str, Any] | None) -> RopeScaling | None:
 def config_from_hf(raw: dict[str, Any]) -> ModelConfig:
     arch = raw.get("model_type")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"unsupported architecture {arch!r} (supported: {_SUPPORTED})"
-        )
+        raise UnsupportedModelError(f"unsupported architecture {arch!r} (supported: {_SUPPORTED})")
     try:
         hidden = int(raw["hidden_size"])
         num_heads = int(raw["num_attention_heads"])

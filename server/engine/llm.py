@@ -37,6 +37,14 @@ def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
 
 
 @dataclass(frozen=True)
+class Transcript:
+    """A conversation as the model saw it: the text and the exact token ids behind it."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What the server tells clients about the loaded model."""
 
@@ -119,6 +127,27 @@ class LLM:
         """Token ids of a conversation, rendered with the model's template, ready to answer."""
         # The template writes BOS itself when the model wants one.
         return self.tokenizer.encode(self.render_chat(messages))
+
+    def encode_chat_turn(
+        self, messages: Sequence[Mapping[str, str]], history: Transcript | None = None
+    ) -> Transcript:
+        """Like encode_chat, but a session's next turn reuses the previous turn's exact tokens.
+
+        Re-tokenizing a rendered history need not give back the tokens the model generated,
+        and the first differing token would end the KV prefix match there. So when the new
+        rendering extends the history's text, only the new text is encoded.
+        """
+        text = self.render_chat(messages)
+        if history is not None and history.token_ids and text.startswith(history.text):
+            new_ids = self.tokenizer.encode(text[len(history.text) :])
+            return Transcript(text, history.token_ids + tuple(new_ids))
+        return Transcript(text, tuple(self.tokenizer.encode(text)))
+
+    def continue_transcript(self, prompt: Transcript, output_ids: Sequence[int]) -> Transcript:
+        """The prompt followed by what the model generated, special tokens included."""
+        raw = b"".join(self.tokenizer.token_bytes(i) for i in output_ids)
+        text = raw.decode("utf-8", errors="replace")
+        return Transcript(prompt.text + text, prompt.token_ids + tuple(output_ids))
 
     def encode_prompt(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special=True)

@@ -188,7 +188,10 @@ async def test_session_turns_reuse_the_kv_cache(model: Path) -> None:
         )
         done = await second.collect()
         assert done.finish_reason is FinishReason.LENGTH
-        assert done.usage.num_cached_tokens > 0
+        assert first.done is not None
+        # The whole first turn (prompt and reply, full blocks) is reused, not just the persona.
+        history = first.done.usage.num_prompt_tokens + first.done.usage.num_completion_tokens
+        assert done.usage.num_cached_tokens == (history - 1) // 16 * 16
         assert first.done is not None
         assert done.usage.num_prompt_tokens > first.done.usage.num_prompt_tokens
         again = await client.open_session(session.session_id)  # an existing id resumes

@@ -190,3 +190,23 @@ def test_outputs_carry_when_the_request_first_ran(model_path) -> None:
     assert ran["first"] is not None and ran["second"] is not None
     assert first.arrival_time <= ran["first"] < ran["second"]  # the second waited its turn
     assert all(o.scheduled_time == ran[rid] for rid, outs in outputs.items() for o in outs)
+
+
+def test_a_session_turn_keeps_the_generated_tokens_exactly(model_path) -> None:
+    from server.engine.llm import Transcript
+
+    llm = _llm(model_path)
+    first = [{"role": "user", "content": "hi"}]
+    prompt = llm.encode_chat_turn(first)
+    assert list(prompt.token_ids) == llm.encode_chat(first)
+    # Byte tokens the tokenizer would never produce for this text: a merge-free spelling.
+    output = [ord("o"), ord("k"), llm.tokenizer.eos_token_id]
+    history = llm.continue_transcript(prompt, output)
+    assert history.text == prompt.text + "ok<|im_end|>"
+    second = [*first, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and?"}]
+    turn = llm.encode_chat_turn(second, history)
+    assert turn.token_ids[: len(history.token_ids)] == history.token_ids
+    assert llm.tokenizer.decode(turn.token_ids) == llm.render_chat(second)
+    # A history the new rendering does not extend (an edited reply) is not reused.
+    edited = Transcript(history.text.replace("ok", "no"), history.token_ids)
+    assert list(llm.encode_chat_turn(second, edited).token_ids) == llm.encode_chat(second)
