@@ -25,6 +25,12 @@ def _add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat-template", default=None, help="a Jinja template file or text")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights and activations (auto: float32 on CPU, bfloat16 on CUDA)",
+    )
 
 
 def model_path(args: argparse.Namespace) -> Path:
@@ -58,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
         messages = _read_messages(args.messages) if args.messages else None
         llm = LLM.load(
             model_path(args),
-            EngineConfig(device=args.device, num_threads=args.threads),
+            EngineConfig(device=args.device, num_threads=args.threads, dtype=args.dtype),
             chat_template=args.chat_template,
         )
         if messages is not None:

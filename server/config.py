@@ -20,7 +20,7 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 | limits.max_frame_bytes | --max-frame-bytes | 1048576 | → frame_too_large; 4× this: close 1009 |
 | limits.* | | protocol.Limits | the other limits of SPEC.md §8, by name |
 | engine.device | --device | "cpu" | cpu, cuda or cuda:N |
-| engine.dtype | | "auto" | float32 on CPU, bfloat16 on CUDA |
+| engine.dtype | --dtype | "auto" | float32 on CPU, bfloat16 on CUDA; or float32, bfloat16 |
 | engine.threads | --threads | 0 | torch threads (0: torch's choice) |
 | engine.kv_cache_mib | --kv-cache-mib | 512 | KV memory budget |
 | engine.block_size | | 16 | tokens per KV block |

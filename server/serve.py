@@ -35,6 +35,7 @@ _OVERRIDES = {
     "max_frame_bytes": "limits.max_frame_bytes",
     "device": "engine.device",
     "threads": "engine.threads",
+    "dtype": "engine.dtype",
     "kv_cache_mib": "engine.kv_cache_mib",
     "max_num_seqs": "engine.max_num_seqs",
     "max_num_batched_tokens": "engine.max_num_batched_tokens",
@@ -62,8 +63,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-num-batched-tokens", type=int, default=None)
     add("--max-waiting", type=int, default=None)
     add("--session-ttl", type=float, default=None, help="idle session TTL, seconds")
-    # cli.py gives --device and --threads fixed defaults; None lets the config file decide.
-    parser.set_defaults(device=None, threads=None)
+    # cli.py gives --device, --threads and --dtype fixed defaults; None lets the config file decide.
+    parser.set_defaults(device=None, threads=None, dtype=None)
 
 
 def build_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
