@@ -63,7 +63,12 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 
 @contextlib.contextmanager
 def launch_banterbox(
-    model: Path, *, threads: int, log_path: Path, startup_timeout_s: float = 300.0
+    model: Path,
+    *,
+    threads: int,
+    log_path: Path,
+    dtype: str = "auto",
+    startup_timeout_s: float = 300.0,
 ) -> Iterator[str]:
     """`banterbox serve` on a free port until exit; yields its ws:// URL once it listens."""
     command = [
@@ -79,6 +84,8 @@ def launch_banterbox(
         str(model),
         "--threads",
         str(threads),
+        "--dtype",
+        dtype,
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -151,6 +158,7 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--model", type=Path, default=None, help="default: the pulled SmolLM2 GGUF")
     p.add_argument("--sweep", type=parse_levels, default=[1, 4, 8, 16, 32])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for either server")
+    p.add_argument("--dtype", default="auto", help="Banterbox's --dtype (auto: float32 on CPU)")
     p.add_argument("--ctx-per-slot", type=int, default=2048, help="llama-server -c = N * this")
     p.add_argument("--follow-up-players", type=int, default=16)
     p.add_argument("--follow-up-slots", type=int, default=4, help="llama-server --parallel")
@@ -258,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         logs = Path(tmp)
         for follow_up in (False, True):
-            with launch_banterbox(model, threads=args.threads, log_path=logs / "bb.log") as url:
+            with launch_banterbox(
+                model, threads=args.threads, log_path=logs / "bb.log", dtype=args.dtype
+            ) as url:
                 result = asyncio.run(_banterbox(url, args, follow_up=follow_up))
             (follow_ups if follow_up else sweeps)[BANTERBOX] = result
             parallel = args.follow_up_slots if follow_up else max(args.sweep)
