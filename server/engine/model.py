@@ -2,7 +2,13 @@
 
 Two entry points share the weights:
 - `forward`: the serving path. Tokens of many sequences are packed into one row of T tokens,
-  each with its own position; K/V are written to and read from the paged cache by slot index.
+  each with its own position; K/V are written to the paged cache by slot index and read back a
+  whole block at a time.
+
+The cache of one layer is one tensor (2, num_kv_heads, num_blocks, block_size, head_dim): K and
+V, then kv head, then block. Gathering a sequence's blocks along dim 2 yields keys already laid
+out (kv head, sequence, position, head_dim), so the attention matmuls read them with no further
+copy; at long contexts that gather-and-read is most of a decode step.
 - `forward_full`: a plain causal forward without any cache, the oracle the tests hold
   `forward` against.
 """
@@ -26,7 +32,7 @@ class PrefillSpan:
     query_start: int  # index of the chunk's first token in the packed batch
     query_len: int
     start_position: int  # position of the chunk's first token in its sequence
-    context_slots: torch.Tensor | None  # (C,) KV slots of positions 0..C-1; None: no cached prefix
+    context_blocks: torch.Tensor | None  # (B,) blocks of positions 0..start+len-1; None: no prefix
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,8 @@ class AttentionMetadata:
 
     slot_mapping: torch.Tensor  # (T,) KV slot each token's K/V is written to
     num_decode_tokens: int  # the first tokens of the batch are decodes, one per sequence
-    decode_slots: torch.Tensor | None  # (D, L) context slots of each decode row, padded
-    decode_mask: torch.Tensor | None  # (D, 1, 1, L) True where the key is visible
+    decode_blocks: torch.Tensor | None  # (D, B) block table of each decode row, padded
+    decode_mask: torch.Tensor | None  # (D, B * block_size) True where the key is visible
     prefills: tuple[PrefillSpan, ...]
 
 
@@ -178,18 +184,20 @@ class Transformer:
         self,
         token_ids: torch.Tensor,  # (T,) packed tokens of every scheduled sequence
         positions: torch.Tensor,  # (T,) each token's position in its own sequence
-        kv: list[torch.Tensor],  # per layer (num_slots, 2, nkv, hd)
+        kv: list[torch.Tensor],  # per layer (2, nkv, num_blocks, block_size, hd)
         meta: AttentionMetadata,
         logits_indices: torch.Tensor,  # (S,) rows whose next-token logits are wanted
     ) -> torch.Tensor:
         """Run one engine step; returns float32 logits (S, V)."""
+        c = self.config
         x = self.embed_tokens[token_ids]  # (T, H)
         cos, sin = self.rope_tables(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, hd/2)
         for layer, cache in zip(self.layers, kv, strict=True):
             h = self._rms_norm(x, layer.input_norm)
             q, k, v = self._qkv(layer, h, cos, sin)
-            cache.index_copy_(0, meta.slot_mapping, torch.stack((k, v), dim=1))
+            by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
+            by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
             attn = self._paged_attention(q, k, v, cache, meta)  # (T, nh*hd)
             x = x + F.linear(attn, layer.o_proj)
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
@@ -207,9 +215,9 @@ class Transformer:
         out = torch.empty(q.shape[0], c.num_heads * c.head_dim, device=q.device, dtype=q.dtype)
         num_decode = meta.num_decode_tokens
         if num_decode:
-            assert meta.decode_slots is not None and meta.decode_mask is not None
+            assert meta.decode_blocks is not None and meta.decode_mask is not None
             out[:num_decode] = self._decode_attention(
-                q[:num_decode], cache, meta.decode_slots, meta.decode_mask
+                q[:num_decode], cache, meta.decode_blocks, meta.decode_mask
             )
         for span in meta.prefills:
             rows = slice(span.query_start, span.query_start + span.query_len)
@@ -217,19 +225,20 @@ class Transformer:
         return out
 
     def _decode_attention(
-        self, q: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor
+        self, q: torch.Tensor, cache: torch.Tensor, blocks: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """One query per row. GQA folds each kv head's query group into the query axis."""
         c = self.config
-        num_rows, ctx = slots.shape
-        ctx_kv = cache.index_select(0, slots.flatten()).view(num_rows, ctx, 2, c.num_kv_heads, -1)
-        keys = ctx_kv[:, :, 0].transpose(1, 2)  # (D, nkv, L, hd)
-        values = ctx_kv[:, :, 1].transpose(1, 2)
-        grouped_q = q.view(num_rows, c.num_kv_heads, c.num_kv_groups, c.head_dim)
+        num_rows, width = mask.shape
+        ctx = cache.index_select(2, blocks.flatten()).view(2, c.num_kv_heads, num_rows, width, -1)
+        keys, values = ctx[0], ctx[1]  # (nkv, D, L, hd), contiguous
+        grouped_q = q.view(num_rows, c.num_kv_heads, c.num_kv_groups, c.head_dim).transpose(0, 1)
         # Plain matmuls: for a handful of query rows they beat the fused SDPA kernel on CPU.
         scores = torch.matmul(grouped_q, keys.transpose(-1, -2)) * (c.head_dim**-0.5)
-        scores = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        return torch.matmul(scores, values).reshape(num_rows, c.num_heads * c.head_dim)
+        visible = mask.view(1, num_rows, 1, width)
+        scores = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        out = torch.matmul(scores, values)  # (nkv, D, groups, hd)
+        return out.transpose(0, 1).reshape(num_rows, c.num_heads * c.head_dim)
 
     def _prefill_attention(
         self,
@@ -241,15 +250,16 @@ class Transformer:
     ) -> torch.Tensor:
         c = self.config
         qh = q.transpose(0, 1).unsqueeze(0)  # (1, nh, Tq, hd)
-        if span.context_slots is None:
+        if span.context_blocks is None:
             keys, values = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
             attn = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, enable_gqa=True)
         else:
-            ctx_kv = cache.index_select(0, span.context_slots)  # (C, 2, nkv, hd)
-            keys = ctx_kv[:, 0].transpose(0, 1).unsqueeze(0)  # (1, nkv, C, hd)
-            values = ctx_kv[:, 1].transpose(0, 1).unsqueeze(0)
+            context_len = span.start_position + span.query_len
+            ctx = cache.index_select(2, span.context_blocks).view(2, c.num_kv_heads, -1, c.head_dim)
+            keys = ctx[0, :, :context_len].unsqueeze(0)  # (1, nkv, C, hd)
+            values = ctx[1, :, :context_len].unsqueeze(0)
             query_pos = torch.arange(span.query_len, device=q.device) + span.start_position
-            key_pos = torch.arange(ctx_kv.shape[0], device=q.device)
+            key_pos = torch.arange(context_len, device=q.device)
             mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)  # (Tq, C)
             attn = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, enable_gqa=True)
         return attn.squeeze(0).transpose(0, 1).reshape(span.query_len, c.num_heads * c.head_dim)

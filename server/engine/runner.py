@@ -29,7 +29,10 @@ def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
 
 
 class ModelRunner:
-    """Owns the KV tensors (one per layer, addressed by slot = block * block_size + offset)."""
+    """Owns the KV tensors: one per layer, (2, nkv, num_blocks, block_size, hd).
+
+    A token's slot is block * block_size + offset; writes go by slot, reads by whole block.
+    """
 
     def __init__(self, model: Transformer, *, num_blocks: int, block_size: int) -> None:
         c = model.config
@@ -37,9 +40,10 @@ class ModelRunner:
         self.block_size = block_size
         self.kv = [
             torch.zeros(
-                num_blocks * block_size,
                 2,
                 c.num_kv_heads,
+                num_blocks,
+                block_size,
                 c.head_dim,
                 device=model.device,
                 dtype=model.dtype,
@@ -66,7 +70,8 @@ class ModelRunner:
             if n > 1:
                 context = None
                 if start > 0:
-                    context = torch.tensor(self._slots(chunk.block_ids, 0, start + n))
+                    num_blocks = -(-(start + n) // self.block_size)
+                    context = torch.tensor(chunk.block_ids[:num_blocks], device=self.model.device)
                 spans.append(PrefillSpan(len(token_ids), n, start, context))
             token_ids.extend(chunk.token_ids)
             positions.extend(range(start, start + n))
@@ -74,12 +79,12 @@ class ModelRunner:
             if chunk.sample:
                 logits_rows.append(len(token_ids) - 1)
                 sampled.append(chunk.request_id)
-        decode_slots, decode_mask = self._decode_context(decodes)
+        decode_blocks, decode_mask = self._decode_context(decodes)
         device = self.model.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slot_mapping, device=device),
             num_decode_tokens=len(decodes),
-            decode_slots=decode_slots,
+            decode_blocks=decode_blocks,
             decode_mask=decode_mask,
             prefills=tuple(spans),
         )
@@ -94,21 +99,19 @@ class ModelRunner:
     def _decode_context(
         self, decodes: Sequence[ScheduledChunk]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Padded (D, L) context slots of each decode row and the (D, 1, 1, L) visibility mask."""
+        """Padded (D, B) block table of the decode rows and their (D, B * bs) visibility mask."""
         if not decodes:
             return None, None
         bs = self.block_size
         lengths = torch.tensor([c.start_position + 1 for c in decodes])
         num_blocks = [(c.start_position + bs) // bs for c in decodes]
         width = max(num_blocks)
-        table = torch.zeros(len(decodes), width, dtype=torch.long)  # pad with block 0
+        table = torch.zeros(len(decodes), width, dtype=torch.long)  # pad with the null block
         for row, (chunk, nb) in enumerate(zip(decodes, num_blocks, strict=True)):
             table[row, :nb] = torch.tensor(chunk.block_ids[:nb])
-        max_len = int(lengths.max())
-        slots = (table.unsqueeze(-1) * bs + torch.arange(bs)).flatten(1)[:, :max_len]
-        mask = torch.arange(max_len).unsqueeze(0) < lengths.unsqueeze(1)
+        mask = torch.arange(width * bs).unsqueeze(0) < lengths.unsqueeze(1)
         device = self.model.device
-        return slots.to(device), mask.view(len(decodes), 1, 1, max_len).to(device)
+        return table.to(device), mask.to(device)
 
     def execute(self, chunks: Sequence[ScheduledChunk]) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Run the step's forward; returns logits (S, V) and the request id of each row."""
