@@ -22,7 +22,7 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 | engine.device | --device | "cpu" | cpu, cuda or cuda:N |
 | engine.dtype | --dtype | "auto" | float32 on CPU, bfloat16 on CUDA; or float32, bfloat16 |
 | engine.threads | --threads | 0 | torch threads (0: torch's choice) |
-| engine.kv_cache_mib | --kv-cache-mib | 512 | KV memory budget |
+| engine.kv_cache_mib | --kv-cache-mib | 2048 | KV memory budget |
 | engine.block_size | | 16 | tokens per KV block |
 | engine.max_num_seqs | --max-num-seqs | 64 | sequences running at once |
 | engine.max_num_batched_tokens | --max-num-batched-tokens | 512 | tokens per engine step |
@@ -82,7 +82,7 @@ class EngineSettings:
     device: str = "cpu"
     dtype: str = "auto"
     threads: int = 0
-    kv_cache_mib: int = 512
+    kv_cache_mib: int = 2048
     block_size: int = 16
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512

@@ -50,7 +50,7 @@ class EngineConfig:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     dtype: str = "auto"  # "auto": float32 on CPU, bfloat16 on CUDA when supported
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    kv_cache_mib: int = 512  # KV memory budget, cut into blocks
+    kv_cache_mib: int = 2048  # KV memory budget, cut into blocks
     num_kv_blocks: int = 0  # > 0 overrides kv_cache_mib with an exact block count
     block_size: int = 16  # tokens per KV block (also the prefix-sharing granularity)
     max_num_batched_tokens: int = 512  # token budget of one step (decodes + prefill chunks)
