@@ -48,13 +48,18 @@ class AttentionMetadata:
 
 @dataclass
 class Layer:
+    """One block's weights. Projections are stored (in, out) and applied as x @ w: for the one
+    row of a single-stream decode that product streams the weight ~1.3x (the (H, V) lm_head
+    ~1.9x) faster on CPU than F.linear over the (out, in) layout, and is level from 4 rows up
+    (bench: python -m bench engine)."""
+
     input_norm: torch.Tensor  # (H,)
-    qkv: torch.Tensor  # (nh*hd + 2*nkv*hd, H), q, k and v fused: one matmul
+    qkv: torch.Tensor  # (H, nh*hd + 2*nkv*hd), q, k and v fused: one matmul
     qkv_bias: torch.Tensor | None
-    o_proj: torch.Tensor  # (H, nh*hd)
+    o_proj: torch.Tensor  # (nh*hd, H)
     post_norm: torch.Tensor  # (H,)
-    gate_up: torch.Tensor  # (2*I, H), gate and up fused
-    down: torch.Tensor  # (H, I)
+    gate_up: torch.Tensor  # (H, 2*I), gate and up fused
+    down: torch.Tensor  # (I, H)
 
 
 def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None) -> torch.Tensor:
@@ -84,6 +89,11 @@ def _scale_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tenso
     return torch.where(middle, blended, scaled)
 
 
+def _in_out(weight: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A checkpoint's (out, in) projection as a contiguous (in, out) tensor."""
+    return weight.to(device=device, dtype=dtype).t().contiguous()
+
+
 class Transformer:
     """Weights plus the two forwards. Holds no per-request state."""
 
@@ -104,7 +114,8 @@ class Transformer:
 
         self.embed_tokens = w("embed_tokens")  # (V, H)
         self.norm = w("norm")
-        self.lm_head = self.embed_tokens if config.tie_embeddings else w("lm_head")
+        head = tensors["embed_tokens" if config.tie_embeddings else "lm_head"]
+        self.lm_head = _in_out(head, device, dtype)  # (H, V)
         self.layers = [self._layer(tensors, i, w) for i in range(config.num_layers)]
         freq_factors = tensors.get("rope_freqs")
         self.inv_freq = rope_inv_freq(config, freq_factors)
@@ -116,20 +127,21 @@ class Transformer:
         self, tensors: dict[str, torch.Tensor], i: int, get: Callable[[str], torch.Tensor]
     ) -> Layer:
         p = f"layers.{i}."
+        device, dtype = self.device, self.dtype
         qkv = torch.cat([tensors[p + n] for n in ("q_proj", "k_proj", "v_proj")], dim=0)
         bias = None
         if self.config.qkv_bias:
             bias = torch.cat([tensors[p + n] for n in ("q_bias", "k_bias", "v_bias")], dim=0)
-            bias = bias.to(device=self.device, dtype=self.dtype)
+            bias = bias.to(device=device, dtype=dtype)
         gate_up = torch.cat([tensors[p + "gate_proj"], tensors[p + "up_proj"]], dim=0)
         return Layer(
             input_norm=get(p + "input_norm"),
-            qkv=qkv.to(device=self.device, dtype=self.dtype).contiguous(),
+            qkv=_in_out(qkv, device, dtype),
             qkv_bias=bias,
-            o_proj=get(p + "o_proj"),
+            o_proj=_in_out(tensors[p + "o_proj"], device, dtype),
             post_norm=get(p + "post_norm"),
-            gate_up=gate_up.to(device=self.device, dtype=self.dtype).contiguous(),
-            down=get(p + "down_proj"),
+            gate_up=_in_out(gate_up, device, dtype),
+            down=_in_out(tensors[p + "down_proj"], device, dtype),
         )
 
     def _grow_rope_table(self, num_positions: int) -> None:
@@ -166,18 +178,21 @@ class Transformer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project and rotate: q (T, nh, hd), k and v (T, nkv, hd)."""
         c = self.config
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(x.shape[0], -1, c.head_dim)
+        qkv = x @ layer.qkv
+        if layer.qkv_bias is not None:
+            qkv = qkv + layer.qkv_bias
+        qkv = qkv.view(x.shape[0], -1, c.head_dim)
         qk = self._rope(qkv[:, : c.num_heads + c.num_kv_heads], cos, sin)
         q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
         v = qkv[:, c.num_heads + c.num_kv_heads :]
         return q, k, v
 
     def _mlp(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, layer.down)
+        gate, up = (x @ layer.gate_up).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ layer.down
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._rms_norm(hidden, self.norm), self.lm_head).float()
+        return (self._rms_norm(hidden, self.norm) @ self.lm_head).float()
 
     @torch.inference_mode()
     def forward(
@@ -199,7 +214,7 @@ class Transformer:
             by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
             by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
             attn = self._paged_attention(q, k, v, cache, meta)  # (T, nh*hd)
-            x = x + F.linear(attn, layer.o_proj)
+            x = x + attn @ layer.o_proj
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
         return self.logits(x[logits_indices])
 
@@ -285,6 +300,6 @@ class Transformer:
                     q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
                 )
                 per_row.append(attn.transpose(0, 1).reshape(length, -1))
-            x = x + F.linear(torch.cat(per_row), layer.o_proj)
+            x = x + torch.cat(per_row) @ layer.o_proj
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
         return self.logits(x).view(batch, length, -1)
