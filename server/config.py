@@ -77,18 +77,23 @@ class NetworkSettings:
     ping_interval_s: float = 20.0  # 0 disables keepalive pings
 
 
+_ENGINE_DEFAULTS = EngineConfig()
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineSettings:
-    device: str = "cpu"
-    dtype: str = "auto"
-    threads: int = 0
-    kv_cache_mib: int = 2048
-    block_size: int = 16
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
-    max_waiting: int = 256
-    max_model_len: int = 0
-    session_ttl_s: float = 600.0
+    """The [engine] table. Defaults are EngineConfig's: one source for both."""
+
+    device: str = _ENGINE_DEFAULTS.device
+    dtype: str = _ENGINE_DEFAULTS.dtype
+    threads: int = _ENGINE_DEFAULTS.num_threads
+    kv_cache_mib: int = _ENGINE_DEFAULTS.kv_cache_mib
+    block_size: int = _ENGINE_DEFAULTS.block_size
+    max_num_seqs: int = _ENGINE_DEFAULTS.max_num_seqs
+    max_num_batched_tokens: int = _ENGINE_DEFAULTS.max_num_batched_tokens
+    max_waiting: int = _ENGINE_DEFAULTS.max_waiting
+    max_model_len: int = _ENGINE_DEFAULTS.max_model_len
+    session_ttl_s: float = _ENGINE_DEFAULTS.session_ttl_s
 
     def to_engine_config(self) -> EngineConfig:
         return EngineConfig(
