@@ -33,6 +33,10 @@ class ErrorCode(enum.StrEnum):
     PROMPT_TOO_LONG = "prompt_too_long"
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
+    REQUEST_FAILED = "request_failed"  # this request failed inside the engine; others went on
+    ENGINE_RESTARTED = "engine_restarted"  # the engine restarted under this request: retry
+    RATE_LIMITED = "rate_limited"  # too many failed handshakes from this address
+    SESSION_LIMIT = "session_limit"  # too many open sessions for this connection or address
     INTERNAL = "internal"
 
 
@@ -67,6 +71,11 @@ ERROR_POLICIES: Mapping[ErrorCode, ErrorPolicy] = MappingProxyType(
         ErrorCode.NOT_READY: _policy(True, False),
         # Retry against a restarted or other instance.
         ErrorCode.SHUTTING_DOWN: _policy(True, True),
+        ErrorCode.REQUEST_FAILED: _policy(False, False),
+        ErrorCode.ENGINE_RESTARTED: _policy(True, False),
+        # Sent instead of unauthorized while the address is locked out; try again later.
+        ErrorCode.RATE_LIMITED: _policy(True, True),
+        ErrorCode.SESSION_LIMIT: _policy(True, False),
         ErrorCode.INTERNAL: _policy(True, False),
     }
 )

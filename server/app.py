@@ -25,7 +25,7 @@ from .engine.core import EngineStats
 from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .plugin_host import PluginRegistry, load_plugins
-from .sessions import SessionStore
+from .sessions import Session, SessionStore
 from .turns import TurnRunner
 
 log = logging.getLogger("banterbox.server")
@@ -45,7 +45,9 @@ class BanterboxServer:
         self.plugins = plugins or load_plugins(config.plugins.enabled, config.plugins.settings)
         self.authenticator = authenticator or Authenticator(config.auth.keys)
         self.sessions = SessionStore(
-            idle_ttl_s=config.sessions.idle_ttl_s, max_per_tenant=config.sessions.max_per_tenant
+            idle_ttl_s=config.sessions.idle_ttl_s,
+            max_per_tenant=config.sessions.max_per_tenant,
+            on_end=self._release_session_kv,
         )
         self.metrics = ServerMetrics(self._engine_stats)
         self.metrics.sessions.set_function(lambda: len(self.sessions))
@@ -83,6 +85,11 @@ class BanterboxServer:
 
     def notify_request_end(self) -> None:
         self._request_ended.set()
+
+    def _release_session_kv(self, session: Session) -> None:
+        """A session closed or expired: its KV is unpinned (one lifetime for both)."""
+        if self.engine is not None:
+            self.engine.release_session(session.engine_session_id)
 
     def _engine_stats(self) -> EngineStats | None:
         return self.engine.stats if self.engine is not None else None

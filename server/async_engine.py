@@ -3,24 +3,33 @@
 The engine runs in its own thread (server.engine.worker). Outputs cross into the event loop
 with call_soon_threadsafe. A stream that is not read fast enough merges its pending deltas into
 one, so a slow consumer never blocks the engine and holds at most one pending delta's text.
+
+Supervision: if the engine thread dies, every in-flight stream fails with the retryable
+EngineRestartedError, `healthy` is False (so /readyz says 503) and a fresh core on the same
+weights starts in a new thread. More than `max_restarts` crashes within `restart_window_s`
+leave the engine down for good (a crash loop is a bug to fix, not to hide).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .engine.core import EngineStats
-from .engine.errors import EngineError
+from .engine.errors import EngineError, EngineRestartedError, RequestFailedError
 from .engine.llm import LLM
 from .engine.types import EngineRequest, FinishReason, RequestOutput
 from .engine.worker import EngineWorker
 
+log = logging.getLogger("banterbox.engine")
+
 
 class EngineDiedError(EngineError):
-    """The engine thread stopped on an unexpected error."""
+    """The engine thread stopped on an unexpected error and is not coming back."""
 
 
 @dataclass
@@ -71,6 +80,10 @@ class RequestStream:
         now = time.monotonic()
         if self.first_token_at is None and output.new_token_ids:
             self.first_token_at = now
+        if output.finish_reason is FinishReason.ERROR:  # this request failed alone
+            self._pending = None  # text it had not delivered belongs to a failed turn
+            self._fail(RequestFailedError(output.error or "the request failed in the engine"))
+            return
         if self._pending is None:
             self._pending = StreamDelta()
         self._pending.merge(output)
@@ -118,13 +131,22 @@ class RequestStream:
 class AsyncEngine:
     """Owns the engine thread; one per server."""
 
-    def __init__(self, llm: LLM) -> None:
+    def __init__(self, llm: LLM, *, max_restarts: int = 5, restart_window_s: float = 60.0) -> None:
         self.llm = llm
         self._streams: dict[str, RequestStream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._crash: BaseException | None = None
-        self._worker = EngineWorker(
-            llm.core,
+        self._crash: BaseException | None = None  # set: down for good
+        self._restarting = False
+        self._max_restarts = max_restarts
+        self._restart_window_s = restart_window_s
+        self._crash_times: deque[float] = deque()
+        self._restarter: asyncio.Task[None] | None = None
+        self._num_restarts = 0
+        self._worker = self._new_worker()
+
+    def _new_worker(self) -> EngineWorker:
+        return EngineWorker(
+            self.llm.core,
             on_outputs=self._on_outputs,
             on_reject=self._on_reject,
             on_crash=self._on_crash,
@@ -140,19 +162,31 @@ class AsyncEngine:
 
     @property
     def healthy(self) -> bool:
-        return self._crash is None
+        return self._crash is None and not self._restarting
+
+    @property
+    def restarting(self) -> bool:
+        return self._restarting
+
+    @property
+    def num_restarts(self) -> int:
+        return self._num_restarts
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._worker.start()
 
     async def stop(self) -> None:
+        if self._restarter is not None:
+            self._restarter.cancel()
         await asyncio.to_thread(self._worker.stop, 10.0)
 
     def submit(self, request: EngineRequest) -> RequestStream:
         """Queue a request; refusals (overloaded, too long) surface as the stream's error."""
         if self._crash is not None:
             raise EngineDiedError(f"engine stopped: {self._crash}")
+        if self._restarting:
+            raise EngineRestartedError("the engine is restarting after an internal error")
         if request.request_id in self._streams:
             raise ValueError(f"request id {request.request_id!r} is already running")
         stream = RequestStream(request, self)
@@ -194,6 +228,34 @@ class AsyncEngine:
             stream._fail(error)
 
     def _fail_all(self, exc: BaseException) -> None:
-        self._crash = exc
+        """The engine thread died: fail what was in flight, then restart unless crash-looping."""
+        now = time.monotonic()
+        self._crash_times.append(now)
+        while self._crash_times and now - self._crash_times[0] > self._restart_window_s:
+            self._crash_times.popleft()
+        give_up = len(self._crash_times) > self._max_restarts
+        if give_up:
+            self._crash = exc
+            log.error(
+                "engine crashed %d times in %.0f s; staying down",
+                len(self._crash_times),
+                self._restart_window_s,
+            )
+        else:
+            self._restarting = True
         for stream in list(self._streams.values()):
-            stream._fail(EngineDiedError(f"engine stopped: {exc}"))
+            if give_up:
+                stream._fail(EngineDiedError(f"engine stopped: {exc}"))
+            else:
+                stream._fail(EngineRestartedError(f"the engine restarted after an error: {exc}"))
+        if not give_up:
+            self._restarter = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        log.warning("restarting the engine on a fresh core")
+        await asyncio.to_thread(self.llm.restart_core)
+        self._worker = self._new_worker()
+        self._worker.start()
+        self._num_restarts += 1
+        self._restarting = False
+        log.warning("engine restarted (%d restarts so far)", self._num_restarts)

@@ -273,8 +273,6 @@ class Connection:
         try:
             if isinstance(frame, SessionClose):
                 closed = store.close(self.tenant, frame.session_id)
-                if self.app.engine is not None:
-                    self.app.engine.release_session(closed.engine_session_id)
                 return SessionClosed(request_id=frame.request_id, session_id=closed.session_id)
             if isinstance(frame, SessionResume):
                 session, resumed = store.get(self.tenant, frame.session_id), True

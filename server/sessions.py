@@ -56,7 +56,9 @@ class SessionStore:
         idle_ttl_s: float = 600.0,
         max_per_tenant: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        on_end: Callable[[Session], None] | None = None,  # each closed or expired session
     ) -> None:
+        self._on_end = on_end
         self._idle_ttl_s = idle_ttl_s
         self._max_per_tenant = max_per_tenant
         self._clock = clock
@@ -104,7 +106,12 @@ class SessionStore:
     def close(self, tenant: str, session_id: str) -> Session:
         session = self.get(tenant, session_id)
         del self._sessions[(tenant, session_id)]
+        self._ended(session)
         return session
+
+    def _ended(self, session: Session) -> None:
+        if self._on_end is not None:
+            self._on_end(session)
 
     def complete_turn(
         self,
@@ -123,4 +130,7 @@ class SessionStore:
         """Forget sessions idle for longer than the TTL (never one with a turn running)."""
         deadline = self._clock() - self._idle_ttl_s
         stale = [key for key, s in self._sessions.items() if s.last_used < deadline and not s.busy]
-        return [self._sessions.pop(key) for key in stale]
+        expired = [self._sessions.pop(key) for key in stale]
+        for session in expired:
+            self._ended(session)
+        return expired

@@ -31,9 +31,12 @@ from .engine import types as engine_types
 from .engine.errors import (
     ChatTemplateError,
     EngineError,
+    EngineRestartedError,
+    InvalidRequestError,
     OverloadedError,
     PromptTooLongError,
     RequestError,
+    RequestFailedError,
     TokenizerError,
 )
 from .engine.llm import LLM, Transcript
@@ -79,6 +82,23 @@ class TurnSpec:
 
 def _invalid(field: str, message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_FIELD, f"{field}: {message}", field=field)
+
+
+def wire_error(exc: EngineError) -> ProtocolError:
+    """The one table from engine errors to wire errors (most specific class first)."""
+    if isinstance(exc, InvalidRequestError):
+        return _invalid(exc.field, exc.detail)
+    if isinstance(exc, OverloadedError):
+        return ProtocolError(ErrorCode.OVERLOADED, str(exc))
+    if isinstance(exc, PromptTooLongError):
+        return ProtocolError(ErrorCode.PROMPT_TOO_LONG, str(exc))
+    if isinstance(exc, RequestError):
+        return _invalid("prompt", str(exc))
+    if isinstance(exc, RequestFailedError):
+        return ProtocolError(ErrorCode.REQUEST_FAILED, f"engine: {exc}")
+    if isinstance(exc, EngineRestartedError):
+        return ProtocolError(ErrorCode.ENGINE_RESTARTED, f"engine: {exc}")
+    return ProtocolError(ErrorCode.INTERNAL, f"engine: {exc}")
 
 
 def sampling_params(spec: TurnSpec, default_max_tokens: int) -> engine_types.SamplingParams:
@@ -162,14 +182,8 @@ class Turn:
                     request_id=spec.request_id, seq=seq, text=delta.text, token_ids=token_ids
                 )
                 seq += 1
-        except OverloadedError as exc:
-            raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
-        except PromptTooLongError as exc:
-            raise ProtocolError(ErrorCode.PROMPT_TOO_LONG, str(exc)) from None
-        except RequestError as exc:
-            raise _invalid("prompt", str(exc)) from None
         except EngineError as exc:
-            raise ProtocolError(ErrorCode.INTERNAL, f"engine: {exc}") from None
+            raise wire_error(exc) from None
         finally:
             if self._session is not None:
                 self._session.busy = False
@@ -257,11 +271,13 @@ class TurnRunner:
             request_id=engine_request_id,
             priority=_PRIORITIES[spec.priority],
             session_id=session.engine_session_id if session is not None else None,
+            # Tenants never share (so never observe) each other's cached prefixes.
+            cache_salt=tenant,
         )
         try:
             stream = self._engine.submit(request)
         except EngineError as exc:
-            raise ProtocolError(ErrorCode.INTERNAL, f"engine: {exc}") from None
+            raise wire_error(exc) from None
         if session is not None:
             session.busy = True
         return Turn(

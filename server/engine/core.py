@@ -1,21 +1,40 @@
-"""EngineCore: one step = schedule → execute → update. Single-threaded; no asyncio, no I/O."""
+"""EngineCore: one step = schedule → execute → update. Single-threaded; no asyncio, no I/O.
+
+A failure that belongs to one request ends that request alone (finish reason ERROR, blocks
+freed) and the step goes on for the others: a forward that raises is retried chunk by chunk to
+find the culprit, a sampling batch that raises is retried row by row, and output processing
+is guarded per request. Only a failure outside any request (the scheduler itself) escapes
+`step()`, and the worker's supervisor deals with that.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
+from .errors import InvalidRequestError
 from .kv_manager import KVCacheManager
 from .model import Transformer
 from .runner import ModelRunner, kv_bytes_per_block
 from .sampler import SamplingState, sample
 from .scheduler import Scheduler
-from .sequence import FinishedSequence, SchedulerOutput, SchedulerStats, SequenceUpdate
+from .sequence import (
+    FinishedSequence,
+    ScheduledChunk,
+    SchedulerOutput,
+    SchedulerStats,
+    SequenceUpdate,
+)
 from .tokenizer_base import Tokenizer
 from .types import EngineRequest, FinishReason, RequestOutput
 
 _MIB = 1 << 20
+log = logging.getLogger("banterbox.engine")
 
 
 class _RequestState:
@@ -86,14 +105,32 @@ class EngineCore:
             eos_token_ids=tokenizer.eos_token_ids,
         )
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size)
+        self.vocab_size = model.config.vocab_size
         self._requests: dict[str, _RequestState] = {}
+        self._failed: dict[str, str] = {}  # request id -> why, for this step's failures
 
     def add_request(self, request: EngineRequest) -> None:
-        """Queue a request; raises RequestError (overloaded, too long) when it is refused."""
+        """Queue a request; raises RequestError (invalid, overloaded, too long) to refuse it."""
         if request.request_id in self._requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
+        self._check_vocabulary(request)
         self.scheduler.add_request(request)
         self._requests[request.request_id] = _RequestState(request, self.tokenizer)
+
+    def _check_vocabulary(self, request: EngineRequest) -> None:
+        """Every token id the request names must index the model's logits."""
+        vocab = self.vocab_size
+        checks = (
+            ("prompt", request.prompt_token_ids),
+            ("sampling.logit_bias", tuple(request.sampling.logit_bias)),
+            ("sampling.stop_token_ids", request.sampling.stop_token_ids),
+        )
+        for field, token_ids in checks:
+            bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequestError(
+                    field, f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})"
+                )
 
     def abort_request(self, request_id: str) -> None:
         """Cancel in any state; applied at the start of the next step."""
@@ -101,6 +138,10 @@ class EngineCore:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def expire_sessions(self) -> int:
+        """Unpin the KV of sessions idle past their TTL (schedule() does it on busy engines)."""
+        return self.kv_manager.expire_sessions()
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -112,8 +153,9 @@ class EngineCore:
     def step(self) -> list[RequestOutput]:
         scheduled = self.scheduler.schedule()
         sampled = self._execute(scheduled)
+        failed = self._retire_failed()
         updates = self.scheduler.update_from_output(scheduled, sampled)
-        return self._process(scheduled.finished, updates)
+        return [*failed, *self._process(scheduled.finished, updates)]
 
     def _execute(self, scheduled: SchedulerOutput) -> dict[str, int]:
         if not scheduled.chunks:
@@ -122,11 +164,75 @@ class EngineCore:
             state = self._requests[chunk.request_id]
             if state.scheduled_time is None:
                 state.scheduled_time = chunk.seq.first_scheduled_time
-        logits, request_ids = self.runner.execute(scheduled.chunks)
+        logits, request_ids = self._forward(scheduled.chunks)
         if not request_ids:
             return {}
         states = [self._requests[rid].sampling for rid in request_ids]
-        return dict(zip(request_ids, sample(logits, states), strict=True))
+        try:
+            token_ids = sample(logits, states)
+        except Exception:  # find the rows at fault; the others keep their tokens
+            return self._sample_rows(logits, request_ids)
+        return dict(zip(request_ids, token_ids, strict=True))
+
+    def _forward(self, chunks: Sequence[ScheduledChunk]) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """The batched forward; if it raises, each chunk alone, and the failing ones fail."""
+        try:
+            return self.runner.execute(chunks)
+        except Exception:
+            if len(chunks) == 1:
+                self._fail(chunks[0].request_id, "the model's forward failed")
+                return torch.empty(0), ()
+        rows: list[torch.Tensor] = []
+        request_ids: list[str] = []
+        for chunk in chunks:
+            try:
+                logits, ids = self.runner.execute([chunk])
+            except Exception:
+                self._fail(chunk.request_id, "the model's forward failed")
+                continue
+            rows.append(logits)
+            request_ids.extend(ids)
+        return (torch.cat(rows) if rows else torch.empty(0)), tuple(request_ids)
+
+    def _sample_rows(self, logits: torch.Tensor, request_ids: Sequence[str]) -> dict[str, int]:
+        picked: dict[str, int] = {}
+        for row, request_id in enumerate(request_ids):
+            try:
+                picked[request_id] = sample(
+                    logits[row : row + 1], [self._requests[request_id].sampling]
+                )[0]
+            except Exception:
+                self._fail(request_id, "sampling failed (no finite logit to draw from)")
+        return picked
+
+    def _fail(self, request_id: str, reason: str) -> None:
+        log.exception("request %s failed: %s", request_id, reason)
+        self._failed[request_id] = reason
+
+    def _retire_failed(self) -> list[RequestOutput]:
+        """End this step's failed requests: blocks freed, no session pin, an ERROR output."""
+        outputs = []
+        for request_id, reason in self._failed.items():
+            state = self._requests.pop(request_id, None)
+            if state is None:
+                continue
+            done = self.scheduler.finish_request(request_id, FinishReason.ERROR, keep_kv=False)
+            if done is None:  # the scheduler had already ended it (failed on its last token)
+                outputs.append(
+                    RequestOutput(
+                        request_id=request_id,
+                        new_token_ids=(),
+                        text_delta="",
+                        finish_reason=FinishReason.ERROR,
+                        error=reason,
+                    )
+                )
+                continue
+            outputs.append(
+                _output(done, (), "", FinishReason.ERROR, state.scheduled_time, error=reason)
+            )
+        self._failed.clear()
+        return outputs
 
     def _process(
         self, finished: tuple[FinishedSequence, ...], updates: list[SequenceUpdate]
@@ -139,20 +245,25 @@ class EngineCore:
             text, _ = state.text_of((), done.finish_reason)
             outputs.append(_output(done, (), text, done.finish_reason, state.scheduled_time))
         for update in updates:
-            state = self._requests[update.request_id]
-            for token_id in update.new_token_ids:
-                state.sampling.append(token_id)
-            finish = update.finish_reason
-            text, stop_matched = state.text_of(update.new_token_ids, finish)
-            if stop_matched:
-                if finish is None:
-                    self.scheduler.finish_request(update.request_id, FinishReason.STOP)
-                finish = FinishReason.STOP
-            if finish is not None:
-                del self._requests[update.request_id]
-            output = _output(update, update.new_token_ids, text, finish, state.scheduled_time)
-            outputs.append(output)
-        return outputs
+            try:
+                outputs.append(self._process_update(update))
+            except Exception:
+                self._fail(update.request_id, "output processing failed")
+        return [*outputs, *self._retire_failed()]
+
+    def _process_update(self, update: SequenceUpdate) -> RequestOutput:
+        state = self._requests[update.request_id]
+        for token_id in update.new_token_ids:
+            state.sampling.append(token_id)
+        finish = update.finish_reason
+        text, stop_matched = state.text_of(update.new_token_ids, finish)
+        if stop_matched:
+            if finish is None:
+                self.scheduler.finish_request(update.request_id, FinishReason.STOP)
+            finish = FinishReason.STOP
+        if finish is not None:
+            del self._requests[update.request_id]
+        return _output(update, update.new_token_ids, text, finish, state.scheduled_time)
 
 
 def _output(
@@ -161,6 +272,8 @@ def _output(
     text: str,
     finish: FinishReason | None,
     scheduled_time: float | None,
+    *,
+    error: str | None = None,
 ) -> RequestOutput:
     return RequestOutput(
         request_id=source.request_id,
@@ -171,4 +284,5 @@ def _output(
         num_cached_tokens=source.num_cached_tokens,
         num_output_tokens=source.num_output_tokens,
         scheduled_time=scheduled_time,
+        error=error,
     )

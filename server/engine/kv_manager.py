@@ -14,6 +14,16 @@ BlockHash = bytes  # sha256 over (parent hash, block tokens): a chain, so equal 
 _ROOT_HASH: BlockHash = b""
 
 
+def root_hash(cache_salt: str) -> BlockHash:
+    """Where a salt's hash chains start: equal prefixes under two salts never share a block.
+
+    The unsalted root stays b"" so that salt-free callers hash as before.
+    """
+    if not cache_salt:
+        return _ROOT_HASH
+    return hashlib.sha256(b"banterbox-cache-salt\x00" + cache_salt.encode("utf-8")).digest()
+
+
 def hash_block(parent_hash: BlockHash, token_ids: Sequence[int]) -> BlockHash:
     """Key of one full block: sha256 makes a silent collision practically impossible."""
     return hashlib.sha256(parent_hash + array("q", token_ids).tobytes()).digest()
@@ -101,14 +111,17 @@ class KVCacheManager:
         """How many blocks hold num_tokens tokens."""
         return -(-num_tokens // self._block_size)
 
-    def find_cached_prefix(self, token_ids: Sequence[int]) -> tuple[list[int], int]:
+    def find_cached_prefix(
+        self, token_ids: Sequence[int], *, cache_salt: str = ""
+    ) -> tuple[list[int], int]:
         """Longest chain of cached full blocks starting at token 0; takes no refs.
 
+        Only blocks cached under the same cache_salt are found (tenant isolation).
         Stops one token short of the end: the last token must be recomputed for its logits.
         """
         bs = self._block_size
         block_ids: list[int] = []
-        parent = _ROOT_HASH
+        parent = root_hash(cache_salt)
         for i in range((len(token_ids) - 1) // bs):
             parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs])
             block_id = self._hash_to_block.get(parent)
@@ -147,6 +160,7 @@ class KVCacheManager:
         *,
         num_computed_tokens: int,
         block_hashes: Sequence[BlockHash],
+        cache_salt: str = "",
     ) -> list[BlockHash]:
         """Register the full blocks whose KV is now computed; returns their hashes.
 
@@ -156,7 +170,7 @@ class KVCacheManager:
         """
         bs = self._block_size
         num_full = min(num_computed_tokens // bs, len(block_ids))
-        parent = block_hashes[-1] if block_hashes else _ROOT_HASH
+        parent = block_hashes[-1] if block_hashes else root_hash(cache_salt)
         new_hashes: list[BlockHash] = []
         for i in range(len(block_hashes), num_full):
             parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs])

@@ -115,6 +115,13 @@ class LLM:
             model, tokenizer, template, name=checkpoint.name, path=checkpoint.path, config=config
         )
 
+    def restart_core(self) -> EngineCore:
+        """A fresh EngineCore on the same weights (after a crash): empty queues, empty KV."""
+        config = self.core.config
+        del self.core  # free the old KV tensors before allocating the new ones
+        self.core = EngineCore(self.model, self.tokenizer, config=config)
+        return self.core
+
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         if self.chat_template is None:
             raise ChatTemplateError("model has no chat template; pass one with --chat-template")
@@ -160,6 +167,7 @@ class LLM:
         request_id: str | None = None,
         priority: Priority = Priority.INTERACTIVE,
         session_id: str | None = None,
+        cache_salt: str = "",
     ) -> EngineRequest:
         return EngineRequest(
             request_id=request_id or f"req-{next(self._ids)}",
@@ -167,6 +175,7 @@ class LLM:
             sampling=sampling or SamplingParams(),
             priority=priority,
             session_id=session_id,
+            cache_salt=cache_salt,
             arrival_time=time.monotonic(),
         )
 

@@ -3,7 +3,13 @@
 Order per row: logit bias → penalties → temperature → top-k → top-p → min-p → draw. Rows are
 processed together where the maths is the same for all of them; only the final draw loops over
 the stochastic rows, because each one owns its torch.Generator (same seed, same tokens, whatever
-else shares the batch). Nothing here syncs with the device except the final `.tolist()`.
+else shares the batch). Nothing here syncs with the device except the final `.tolist()` and,
+off the all-greedy fast path, one finiteness check that refuses to draw from a row with no
+finite score (a `SamplingError` naming the rows, raised before any generator advances).
+
+The maths cannot make inf or NaN out of valid params: temperature and the repetition penalty
+are floored (below the floors every choice is already the argmax), and each row is shifted by
+its maximum before dividing by the temperature, so the largest score is exactly 0.
 """
 
 from __future__ import annotations
@@ -17,6 +23,19 @@ import torch
 from server.engine.types import SamplingParams
 
 _SEED_MASK = (1 << 64) - 1  # torch seeds are 64-bit; any Python int seed maps into that range
+# 1e-50 underflows to 0 in float32; below this floor a sampled row is an argmax anyway.
+MIN_TEMPERATURE = 1e-6
+# A penalty of 1e-300 is 0 in float32 and would divide by it; far past any useful value.
+MIN_REPETITION_PENALTY = 1e-6
+MAX_REPETITION_PENALTY = 1e6
+
+
+class SamplingError(ValueError):
+    """Some rows have no finite score to sample from; `rows` are their indices in the batch."""
+
+    def __init__(self, rows: Sequence[int]) -> None:
+        super().__init__(f"no finite logit to sample from in rows {list(rows)}")
+        self.rows = tuple(rows)
 
 
 class SamplingState:
@@ -100,6 +119,9 @@ def sample(logits: torch.Tensor, states: Sequence[SamplingState]) -> list[int]:
         fast: list[int] = logits.argmax(dim=-1).tolist()
         return fast
     scores = adjust_logits(logits, states)  # (B, V)
+    finite = torch.isfinite(scores.amax(dim=-1))  # (B,): NaN or +inf anywhere, or all -inf
+    if not bool(finite.all()):
+        raise SamplingError([i for i, ok in enumerate(finite.tolist()) if not ok])
     token_ids = scores.argmax(dim=-1)  # (B,): final for the greedy rows
     random_rows = [i for i, state in enumerate(states) if not state.params.greedy]
     if random_rows:
@@ -148,7 +170,13 @@ def _apply_penalties(scores: torch.Tensor, states: Sequence[SamplingState]) -> N
     seen_mask = torch.stack(seen_rows)  # (P, V)
     counts = torch.stack(count_rows)  # (P, V)
     params = [states[i].params for i in penalized]
-    repetition = _column([p.repetition_penalty for p in params], device)  # (P, 1)
+    repetition = _column(
+        [
+            min(max(p.repetition_penalty, MIN_REPETITION_PENALTY), MAX_REPETITION_PENALTY)
+            for p in params
+        ],
+        device,
+    )  # (P, 1)
     presence = _column([p.presence_penalty for p in params], device)
     frequency = _column([p.frequency_penalty for p in params], device)
 
@@ -165,7 +193,8 @@ def _draw(scores: torch.Tensor, states: Sequence[SamplingState]) -> torch.Tensor
     """Sample one token per row of `scores` (R, V) for non-greedy rows; returns (R,) int64."""
     device = scores.device
     params = [state.params for state in states]
-    scores = scores / _column([p.temperature for p in params], device)
+    temperature = _column([max(p.temperature, MIN_TEMPERATURE) for p in params], device)
+    scores = (scores - scores.amax(dim=-1, keepdim=True)) / temperature  # max score exactly 0
     if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
         scores = _top_k_top_p(scores, params)
     if any(p.min_p > 0.0 for p in params):

@@ -131,11 +131,23 @@ class Scheduler:
         if request_id in self._seqs:
             self._pending_aborts[request_id] = None
 
-    def finish_request(self, request_id: str, reason: FinishReason) -> None:
-        """End a sequence now (a stop string matched) and free its blocks. Not reported again."""
+    def finish_request(
+        self, request_id: str, reason: FinishReason, *, keep_kv: bool = True
+    ) -> FinishedSequence | None:
+        """End a sequence now (a stop string matched, a failure) and free its blocks.
+
+        keep_kv=False skips the session pin (a failed turn leaves the session as it was).
+        Returns what ended, or None for an id that is not unfinished. Not reported again.
+        """
         seq = self._seqs.get(request_id)
-        if seq is not None:
-            self._finish(seq, reason)
+        return self._finish(seq, reason, keep_kv=keep_kv) if seq is not None else None
+
+    def release_session(self, session_id: str) -> None:
+        """The session is closed: its pin goes, and its unfinished turns will not pin again."""
+        for seq in self._seqs.values():
+            if seq.request.session_id == session_id:
+                seq.pins_session = False
+        self._kv.release_session(session_id)
 
     def get_sequence(self, request_id: str) -> Sequence | None:
         """The unfinished sequence of request_id, or None."""
@@ -190,6 +202,7 @@ class Scheduler:
                     seq.all_token_ids,
                     num_computed_tokens=seq.num_computed_tokens,
                     block_hashes=seq.block_hashes,
+                    cache_salt=seq.request.cache_salt,
                 )
             )
             if not chunk.sample:
@@ -265,7 +278,9 @@ class Scheduler:
                     step.finished.append(self._finish(seq, FinishReason.LENGTH))
 
     def _admit(self, seq: Sequence, step: _Step) -> bool:
-        cached_block_ids, num_cached = self._kv.find_cached_prefix(seq.all_token_ids)
+        cached_block_ids, num_cached = self._kv.find_cached_prefix(
+            seq.all_token_ids, cache_salt=seq.request.cache_salt
+        )
         num_new = min(seq.num_tokens - num_cached, step.budget)
         num_blocks = self._kv.blocks_for(num_cached + num_new) - len(cached_block_ids)
         block_ids = self._kv.allocate(num_blocks, cached_block_ids=cached_block_ids)
@@ -302,7 +317,9 @@ class Scheduler:
             return FinishReason.LENGTH
         return None
 
-    def _finish(self, seq: Sequence, reason: FinishReason) -> FinishedSequence:
+    def _finish(
+        self, seq: Sequence, reason: FinishReason, *, keep_kv: bool = True
+    ) -> FinishedSequence:
         """Take seq out of every queue, keep its KV for its session if any, free its blocks."""
         if seq.status is SequenceStatus.RUNNING:
             self._running.remove(seq)
@@ -310,7 +327,7 @@ class Scheduler:
             self._waiting[seq.request.priority].remove(seq)
         session_id = seq.request.session_id
         num_full = seq.num_computed_tokens // self._kv.block_size
-        if session_id is not None and num_full > 0:
+        if session_id is not None and num_full > 0 and keep_kv and seq.pins_session:
             # Pin before freeing, so the blocks never drop to ref 0 on the way.
             self._kv.pin_session(
                 session_id, seq.block_ids[:num_full], num_full * self._kv.block_size

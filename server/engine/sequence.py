@@ -51,6 +51,8 @@ class Sequence:
     finish_reason: FinishReason | None = None
     first_scheduled_time: float | None = None
     num_preemptions: int = 0
+    # False once its session is closed mid-turn: the turn's KV must not be pinned at the end.
+    pins_session: bool = True
 
     @classmethod
     def from_request(cls, request: EngineRequest, *, arrival_index: int) -> Sequence:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +20,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # an EOS / stop token id / stop string
     LENGTH = "length"  # max_tokens, or the model's context window
     CANCELLED = "cancelled"  # aborted by the client (cancel, disconnect, shutdown)
+    ERROR = "error"  # this request failed inside the engine; the others went on
 
 
 def _no_bias() -> Mapping[int, float]:
@@ -44,6 +46,20 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        numbers = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        # -inf bans a token; NaN and +inf have no meaning as a bias.
+        if not all(math.isfinite(b) or b == -math.inf for b in self.logit_bias.values()):
+            raise ValueError("logit_bias values must be finite or -inf")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -71,6 +87,8 @@ class EngineRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     priority: Priority = Priority.INTERACTIVE
     session_id: str | None = None  # keep this request's KV for the session's next turn
+    # Salts the prefix-cache hashes: requests see cached blocks only of their own salt (tenant).
+    cache_salt: str = ""
     arrival_time: float = 0.0  # time.monotonic() when submitted
 
 
@@ -86,6 +104,7 @@ class RequestOutput:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix/session cache
     num_output_tokens: int = 0
     scheduled_time: float | None = None  # time.monotonic() the request first ran in a step
+    error: str | None = None  # why, when finish_reason is ERROR
 
     @property
     def finished(self) -> bool:

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from tiny import TinyConfig, random_hf_tensors, write_gguf
 
-from server.async_engine import AsyncEngine
+from server.async_engine import AsyncEngine, EngineDiedError
 from server.engine.config import EngineConfig
-from server.engine.errors import OverloadedError
+from server.engine.errors import EngineRestartedError, OverloadedError, RequestFailedError
 from server.engine.llm import LLM
 from server.engine.types import FinishReason, SamplingParams
 
@@ -91,3 +91,74 @@ async def test_overload_is_raised_from_the_stream(engine) -> None:
         except OverloadedError as exc:
             errors.append(exc)
     assert errors, "2 running + 2 waiting is the limit; the rest must be refused"
+
+
+async def test_a_request_failing_in_the_engine_fails_its_stream_alone(engine) -> None:
+    vocab = engine.llm.core.vocab_size
+    ban_all = SamplingParams(
+        temperature=1.0, max_tokens=8, logit_bias=dict.fromkeys(range(vocab), float("-inf"))
+    )
+    bad = engine.submit(engine.llm.new_request([3, 4, 5], ban_all))
+    good = engine.submit(engine.llm.new_request([3, 4, 6], SAMPLING))
+    with pytest.raises(RequestFailedError, match="sampling"):
+        async for _ in bad:
+            pass
+    assert [t async for d in good for t in d.token_ids] == _expected(engine, [3, 4, 6])
+    assert engine.healthy
+
+
+async def test_a_dead_engine_thread_is_restarted_and_in_flight_requests_told_to_retry(
+    engine, monkeypatch
+) -> None:
+    running = engine.submit(
+        engine.llm.new_request([1, 2, 3], SamplingParams(max_tokens=400, ignore_eos=True))
+    )
+    await running.__anext__()
+    scheduler = engine.llm.core.scheduler
+
+    def broken_schedule():
+        raise RuntimeError("injected scheduler fault")
+
+    monkeypatch.setattr(scheduler, "schedule", broken_schedule)  # only this core's scheduler
+    with pytest.raises(EngineRestartedError):
+        async for _ in running:
+            pass
+    async with asyncio.timeout(30):
+        while not engine.healthy:
+            assert engine.restarting
+            await asyncio.sleep(0.01)
+    assert engine.num_restarts == 1
+    assert engine.llm.core.scheduler is not scheduler  # a fresh core, not the broken one
+    prompt = [9, 8, 7]
+    tokens = [
+        t
+        async for d in engine.submit(engine.llm.new_request(prompt, SAMPLING))
+        for t in d.token_ids
+    ]
+    assert tokens == _expected(engine, prompt)
+
+
+async def test_a_crash_loop_leaves_the_engine_down(model_path, monkeypatch) -> None:
+    llm = LLM.load(model_path, EngineConfig(kv_cache_mib=4, num_threads=1))
+    engine = AsyncEngine(llm, max_restarts=1, restart_window_s=60)
+    engine.start()
+    try:
+        for _ in range(2):
+            async with asyncio.timeout(30):
+                while engine.restarting:
+                    await asyncio.sleep(0.01)
+            monkeypatch.setattr(
+                engine.llm.core.scheduler, "schedule", lambda: (_ for _ in ()).throw(OSError())
+            )
+            stream = engine.submit(engine.llm.new_request([1, 2], SAMPLING))
+            with pytest.raises((EngineRestartedError, EngineDiedError)):
+                async for _ in stream:
+                    pass
+        async with asyncio.timeout(30):
+            while engine.restarting:
+                await asyncio.sleep(0.01)
+        assert not engine.healthy
+        with pytest.raises(EngineDiedError):
+            engine.submit(engine.llm.new_request([1, 2], SAMPLING))
+    finally:
+        await engine.stop()

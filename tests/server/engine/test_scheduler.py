@@ -624,7 +624,8 @@ def test_random_aborts_leave_kv_at_baseline() -> None:
         h.step()
         step += 1
     assert len(h.reasons) == 500
-    assert set(h.reasons.values()) == set(FinishReason)
+    # Every way to end but ERROR, which only a failing forward or sampler produces.
+    assert set(h.reasons.values()) == set(FinishReason) - {FinishReason.ERROR}
     assert h.sched.stats().num_preemptions_total > 0
     for _, _, request_id, prompt, max_tokens in plan:
         expected = reference(prompt, max_tokens, eos_token_id=EOS)
