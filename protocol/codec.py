@@ -1,12 +1,16 @@
 """Frames to and from the wire: msgpack for binary WebSocket frames, JSON for text. Pure.
 
-The decode functions raise ProtocolError and nothing else, whatever they are given.
+The decode functions raise ProtocolError and nothing else, whatever they are given. The encode
+function always gives bytes that are valid in their encoding: a string that cannot be UTF-8
+(a lone surrogate a JSON client sent, echoed back in an error's id or field path) has that
+code point replaced by U+FFFD.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from types import MappingProxyType
 from typing import Literal, NoReturn, overload
 
@@ -20,6 +24,7 @@ from protocol.readers import CLIENT_READERS, SERVER_READERS
 from protocol.writers import to_wire
 
 FrameData = bytes | bytearray | memoryview | str
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Encoding(enum.Enum):
@@ -46,9 +51,26 @@ def encode_frame(frame: Frame, encoding: Encoding) -> bytes | str:
     """Encode any frame; does not validate it (the receiving side's decode does)."""
     wire = to_wire(frame)
     if encoding is Encoding.MSGPACK:
-        packed: bytes = msgpack.packb(wire, use_bin_type=True)
+        try:
+            packed: bytes = msgpack.packb(wire, use_bin_type=True)
+        except UnicodeEncodeError:
+            packed = msgpack.packb(_scrub(wire), use_bin_type=True)
         return packed
-    return json.dumps(wire, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(wire, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if _SURROGATE.search(text):
+        text = json.dumps(_scrub(wire), ensure_ascii=False, separators=(",", ":"))
+    return text
+
+
+def _scrub(value: object) -> object:
+    """value with every lone surrogate, in keys and strings at any depth, made U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    return value
 
 
 def decode_client_frame(
@@ -144,9 +166,11 @@ def _parse(data: object, limits: Limits) -> dict[object, object]:
 def _peek_request_id(raw: dict[object, object], limits: Limits) -> str | None:
     """The frame's id if it is a valid one, so that errors can name the request."""
     try:
-        return v.optional(raw, "", "id", v.identifier(max_chars=limits.max_request_id_chars))
+        request_id = v.optional(raw, "", "id", v.identifier(max_chars=limits.max_request_id_chars))
     except ProtocolError:
         return None
+    # An id that is not valid Unicode is no id the client could match an answer to.
+    return None if request_id is not None and _SURROGATE.search(request_id) else request_id
 
 
 def _frame_type(raw: dict[object, object], limits: Limits) -> str:

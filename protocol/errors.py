@@ -26,6 +26,7 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     SESSION_NOT_FOUND = "session_not_found"
+    SESSION_LOST = "session_lost"  # made by an earlier run of the server: its history is gone
     DUPLICATE_REQUEST_ID = "duplicate_request_id"
     UNKNOWN_REQUEST = "unknown_request"
     TOO_MANY_REQUESTS = "too_many_requests"
@@ -63,6 +64,7 @@ ERROR_POLICIES: Mapping[ErrorCode, ErrorPolicy] = MappingProxyType(
         ErrorCode.UNAUTHORIZED: _policy(False, True),
         ErrorCode.FORBIDDEN: _policy(False, False),
         ErrorCode.SESSION_NOT_FOUND: _policy(False, False),
+        ErrorCode.SESSION_LOST: _policy(False, False),
         ErrorCode.DUPLICATE_REQUEST_ID: _policy(False, False),
         ErrorCode.UNKNOWN_REQUEST: _policy(False, False),
         ErrorCode.TOO_MANY_REQUESTS: _policy(True, False),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -18,9 +19,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from .async_engine import AsyncEngine
-from .auth import Authenticator
+from .auth import Authenticator, AuthFailureLimiter, bearer_token
 from .config import ServerConfig
-from .connection import CLOSE_GOING_AWAY, Connection
+from .connection import CLOSE_GOING_AWAY, Connection, source_address
 from .engine.core import EngineStats
 from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -47,8 +48,18 @@ class BanterboxServer:
         self.sessions = SessionStore(
             idle_ttl_s=config.sessions.idle_ttl_s,
             max_per_tenant=config.sessions.max_per_tenant,
+            max_per_connection=config.sessions.max_per_connection,
+            max_per_address=config.sessions.max_per_address,
             on_end=self._release_session_kv,
         )
+        self.auth_failures = AuthFailureLimiter(
+            max_failures=config.server.max_auth_failures_per_address,
+            window_s=config.server.auth_failure_window_s,
+        )
+        # Sockets not past hello, by source address; and those past it. Counted apart, so a
+        # flood of idle sockets cannot take the places of authenticated clients.
+        self._unauthenticated: Counter[str] = Counter()
+        self._authenticated: set[Connection] = set()
         self.metrics = ServerMetrics(self._engine_stats)
         self.metrics.sessions.set_function(lambda: len(self.sessions))
         self.llm: LLM | None = None
@@ -82,6 +93,19 @@ class BanterboxServer:
         if self.turns is not None:
             limits["max_prompt_tokens"] = self.turns.max_prompt_tokens
         return limits
+
+    def admit_authenticated(self, connection: Connection) -> bool:
+        """Move a connection past hello, if an authenticated place is free."""
+        if len(self._authenticated) >= self.config.server.max_connections:
+            return False
+        self._forget_unauthenticated(connection.address)
+        self._authenticated.add(connection)
+        return True
+
+    def _forget_unauthenticated(self, address: str) -> None:
+        self._unauthenticated[address] -= 1
+        if self._unauthenticated[address] <= 0:
+            del self._unauthenticated[address]
 
     def notify_request_end(self) -> None:
         self._request_ended.set()
@@ -175,11 +199,16 @@ class BanterboxServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         connection = Connection(ws, self)
         self.connections.add(connection)
+        self._unauthenticated[connection.address] += 1
         self.metrics.connections.inc()
         try:
             await connection.run()
         finally:
             self.connections.discard(connection)
+            if connection in self._authenticated:
+                self._authenticated.discard(connection)
+            else:
+                self._forget_unauthenticated(connection.address)
             self.metrics.connections.dec()
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -191,13 +220,39 @@ class BanterboxServer:
                 return ws.respond(HTTPStatus.OK, "ready\n")
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
         if path == "/metrics":
+            if not self._may_scrape(request):
+                response = ws.respond(HTTPStatus.UNAUTHORIZED, "a key with the metrics scope\n")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
             response = ws.respond(HTTPStatus.OK, self.metrics.render().decode())
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = CONTENT_TYPE
             return response
         if self.shutting_down:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
-        assert self._ws_server is not None
-        if len(self.connections) >= self.config.server.max_connections:
+        return self._admit_socket(ws)
+
+    def _may_scrape(self, request: Request) -> bool:
+        if not self.authenticator.enabled:
+            return True
+        principal = self.authenticator.authenticate(
+            bearer_token(request.headers.get("Authorization"))
+        )
+        return principal is not None and (principal.may("metrics") or principal.may("admin"))
+
+    def _admit_socket(self, ws: ServerConnection) -> Response | None:
+        """Refuse an upgrade that would pass a connection limit; None lets it through."""
+        net = self.config.server
+        address = source_address(ws)
+        retry_after = self.auth_failures.retry_after_s(address)
+        if retry_after is not None:
+            response = ws.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many wrong API keys\n")
+            response.headers["Retry-After"] = str(max(1, round(retry_after)))
+            return response
+        if self._unauthenticated[address] >= net.max_unauthenticated_per_address:
+            return ws.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many sockets before hello\n")
+        if sum(self._unauthenticated.values()) >= net.max_unauthenticated:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many sockets before hello\n")
+        if len(self._authenticated) >= net.max_connections:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -75,3 +77,48 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class AuthFailureLimiter:
+    """Counts wrong keys per source address; too many within the window lock it out.
+
+    A locked address is refused before any key comparison until its oldest failure in the
+    window ages out. Memory is bounded: past `max_addresses` the least recently failing
+    address is forgotten.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 10,
+        window_s: float = 60.0,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_failures = max_failures
+        self._window_s = window_s
+        self._max_addresses = max_addresses
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def record_failure(self, address: str) -> None:
+        times = self._failures.pop(address, None) or deque()
+        times.append(self._clock())
+        self._failures[address] = times  # most recent last
+        while len(self._failures) > self._max_addresses:
+            self._failures.popitem(last=False)
+
+    def retry_after_s(self, address: str) -> float | None:
+        """Seconds until the address may try again, or None when it is not locked out."""
+        times = self._failures.get(address)
+        if times is None:
+            return None
+        now = self._clock()
+        while times and now - times[0] > self._window_s:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+            return None
+        if len(times) < self._max_failures:
+            return None
+        return max(0.0, self._window_s - (now - times[-self._max_failures]))

@@ -7,7 +7,12 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 |---|---|---|---|
 | server.host | --host | 127.0.0.1 | bind address; auth may be off only on loopback |
 | server.port | --port | 8765 | WebSocket + HTTP port (0: any free port) |
-| server.max_connections | --max-connections | 256 | open WebSockets; more get HTTP 503 |
+| server.max_connections | --max-connections | 256 | authenticated WebSockets; more get 503 |
+| server.hello_timeout_s | | 5.0 | no hello by then: close 1008 |
+| server.max_unauthenticated | | 64 | sockets not past hello, all addresses; more get 503 |
+| server.max_unauthenticated_per_address | | 8 | the same, per source address; more get 429 |
+| server.max_auth_failures_per_address | | 10 | wrong keys per window, then rate_limited |
+| server.auth_failure_window_s | | 60.0 | the window of that count and of the lockout |
 | server.max_inflight_per_connection | --max-inflight | 16 | → too_many_requests |
 | server.max_prompt_tokens | --max-prompt-tokens | 0 | 0: the context window → prompt_too_long |
 | server.default_max_tokens | --default-max-tokens | 256 | when generate.max_tokens is absent |
@@ -31,13 +36,16 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 | engine.session_ttl_s | --session-ttl | 600.0 | an idle session's KV is kept this long |
 | sessions.idle_ttl_s | --session-ttl | 600.0 | an idle session is forgotten after this |
 | sessions.max_per_tenant | | 1024 | open sessions per tenant |
+| sessions.max_per_connection | | 256 | open sessions one connection opened → session_limit |
+| sessions.max_per_address | | 512 | open sessions opened from one address → session_limit |
 | auth.keys | env BANTERBOX_API_KEYS | [] | [[auth.keys]] key, tenant, scopes |
 | plugins.enabled | | ["chat"] | entry points of group banterbox.plugins |
 | plugins.settings.NAME | | {} | table handed to plugin NAME |
 
-Scopes: generate, moderate, admin. `BANTERBOX_API_KEYS` is "key:tenant:scope1+scope2,..." and
-adds to the file's keys. Without any key, auth is off, which the server allows only on a
-loopback address.
+Scopes: generate, moderate, admin, metrics (GET /metrics needs a key with admin or metrics
+when auth is on, as "Authorization: Bearer KEY"). `BANTERBOX_API_KEYS` is
+"key:tenant:scope1+scope2,..." and adds to the file's keys. Without any key, auth is off,
+which the server allows only on a loopback address.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from protocol import Limits
 
 from .engine.config import EngineConfig
 
-SCOPES = frozenset({"generate", "moderate", "admin"})
+SCOPES = frozenset({"generate", "moderate", "admin", "metrics"})
 
 
 class ConfigError(ValueError):
@@ -65,7 +73,12 @@ class ConfigError(ValueError):
 class NetworkSettings:
     host: str = "127.0.0.1"
     port: int = 8765
-    max_connections: int = 256
+    max_connections: int = 256  # authenticated; sockets before hello have their own caps
+    hello_timeout_s: float = 5.0
+    max_unauthenticated: int = 64
+    max_unauthenticated_per_address: int = 8
+    max_auth_failures_per_address: int = 10
+    auth_failure_window_s: float = 60.0
     max_inflight_per_connection: int = 16
     max_prompt_tokens: int = 0  # 0: the model's context window
     default_max_tokens: int = 256
@@ -114,6 +127,8 @@ class EngineSettings:
 class SessionSettings:
     idle_ttl_s: float = 600.0
     max_per_tenant: int = 1024
+    max_per_connection: int = 256
+    max_per_address: int = 512
 
 
 @dataclass(frozen=True, kw_only=True)

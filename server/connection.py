@@ -3,7 +3,10 @@
 State: AWAITING_HELLO → READY → CLOSING (or straight to CLOSING); any other move raises
 IllegalTransition. Every answer goes out in the encoding of the frame it answers. A send that
 cannot complete within `write_deadline_s` (the client stopped reading) closes the connection
-with 1008 and cancels its requests; other connections are untouched.
+with 1008 and cancels its requests; other connections are untouched. A socket that has not
+sent hello within `hello_timeout_s` is closed with 1008; an address that sent too many wrong
+keys gets `rate_limited` without its key being looked at. A frame whose handling fails in an
+unexpected way gets an `internal` error; the connection and its other requests go on.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from protocol import (
 
 from .auth import Principal, bearer_token
 from .plugin_host import ConnectionContext
+from .sessions import Opener
 from .turns import Turn, TurnSpec
 
 if TYPE_CHECKING:
@@ -57,8 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("banterbox.connection")
 SERVER_VERSION = "0.1.0"
 CORE_CAPABILITIES = ("sessions", "cancel", "token_ids")
-CLOSE_POLICY = 1008  # policy violation: bad handshake, bad key, stalled reader
+CLOSE_POLICY = 1008  # policy violation: bad handshake, bad key, stalled reader, no hello
 CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013  # every authenticated place is taken
 
 
 class ConnectionState(enum.Enum):
@@ -105,6 +110,7 @@ class Connection:
     def __init__(self, ws: ServerConnection, app: BanterboxServer) -> None:
         self.ws = ws
         self.app = app
+        self.address = source_address(ws)
         self.connection_id = f"c-{secrets.token_hex(6)}"
         self.state = ConnectionState.AWAITING_HELLO
         self.inflight: dict[str, Inflight] = {}
@@ -127,6 +133,8 @@ class Connection:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        timeout_s = self.app.config.server.hello_timeout_s
+        hello_timer = asyncio.get_running_loop().call_later(timeout_s, self._hello_expired)
         try:
             async for message in self.ws:
                 await self._on_message(message)
@@ -135,11 +143,17 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            hello_timer.cancel()
             if self.state is not ConnectionState.CLOSING:
                 self._transition(ConnectionState.CLOSING)
             self.cancel_all()
             if self._closer is not None:
                 await self._closer
+
+    def _hello_expired(self) -> None:
+        if self.state is ConnectionState.AWAITING_HELLO:
+            log.info("%s: no hello from %s in time; closing", self.connection_id, self.address)
+            self._close_soon(CLOSE_POLICY, "hello timeout")
 
     def cancel_all(self) -> None:
         for inflight in list(self.inflight.values()):
@@ -203,6 +217,12 @@ class Connection:
             await self._send_error(error, encoding)
         except ConnectionGone:
             pass
+        except Exception:  # a bug in handling one frame: that frame fails, nothing else
+            log.exception("%s: a frame failed", self.connection_id)
+            with suppress(ConnectionGone):
+                await self._send_error(
+                    ProtocolError(ErrorCode.INTERNAL, "internal error"), encoding
+                )
 
     async def _dispatch(self, frame: ClientFrame, encoding: Encoding, received_at: float) -> None:
         if self.state is ConnectionState.AWAITING_HELLO:
@@ -234,10 +254,26 @@ class Connection:
         if not app.ready:
             code = ErrorCode.SHUTTING_DOWN if app.shutting_down else ErrorCode.NOT_READY
             raise ProtocolError(code, "the server is not ready; retry later")
+        retry_after = app.auth_failures.retry_after_s(self.address)
+        if retry_after is not None:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"too many wrong API keys from this address; retry in {retry_after:.0f} s",
+            )
         header = self.ws.request.headers.get("Authorization") if self.ws.request else None
         principal = app.authenticator.authenticate(bearer_token(header) or hello.api_key)
         if principal is None:
+            app.auth_failures.record_failure(self.address)
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or unknown API key")
+        if not app.admit_authenticated(self):
+            await self.send(
+                ErrorFrame.from_error(
+                    ProtocolError(ErrorCode.OVERLOADED, "the server has no room for another client")
+                ),
+                encoding,
+            )
+            self._close_soon(CLOSE_TRY_AGAIN_LATER, "too many connections")
+            return
         self.principal = principal
         self._hello_encoding = encoding
         self._transition(ConnectionState.READY)
@@ -277,7 +313,8 @@ class Connection:
             if isinstance(frame, SessionResume):
                 session, resumed = store.get(self.tenant, frame.session_id), True
             else:
-                session, resumed = store.open(self.tenant, frame.session_id, frame.metadata)
+                opener = Opener(connection_id=self.connection_id, address=self.address)
+                session, resumed = store.open(self.tenant, frame.session_id, frame.metadata, opener)
         except ProtocolError as error:
             raise error.with_request_id(frame.request_id) from None
         return SessionInfo(
@@ -363,3 +400,11 @@ class Connection:
 
     async def _run_plugin(self, inflight: Inflight, plugin: Plugin, frame: PluginFrame) -> None:
         await plugin.handle(frame, self._context)
+
+
+def source_address(ws: ServerConnection) -> str:
+    """The peer's IP address (the unit of the per-address limits), or "" when unknown."""
+    remote = ws.remote_address
+    if isinstance(remote, tuple) and remote:
+        return str(remote[0])
+    return ""

@@ -6,12 +6,19 @@ open its sessions idempotently after a reconnect. Another tenant's id is, to the
 session that does not exist. The transcript holds completed turns only: the user messages of
 a turn and the assistant's reply are appended together when the turn ends (not when it is
 cancelled or fails). A session's `metadata["system"]`, when given, is its system prompt.
+
+Ids the server makes carry this run's instance id (`s-<instance>-<random>`). Until sessions are
+durable, such an id from an earlier run is answered with `session_lost`, never silently opened
+empty. Open sessions are capped per tenant, per opening connection and per source address, so
+one client cannot fill its tenant's table.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,6 +28,15 @@ from protocol import ChatMessage, ErrorCode, ProtocolError, Role
 from .engine.llm import Transcript
 
 SYSTEM_KEY = "system"
+_SERVER_ID = re.compile(r"s-([0-9a-f]{8})-[0-9a-f]{16}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Opener:
+    """Who opens a session: for the per-connection and per-address caps."""
+
+    connection_id: str = ""
+    address: str = ""
 
 
 @dataclass(kw_only=True)
@@ -31,6 +47,7 @@ class Session:
     messages: list[ChatMessage] = field(default_factory=list)
     num_turns: int = 0
     last_used: float = 0.0
+    opener: Opener = field(default_factory=Opener)
     busy: bool = False  # a turn is running: a second concurrent turn would interleave
     # What the model saw and said so far, token for token: the next turn extends it exactly.
     transcript: Transcript | None = None
@@ -55,20 +72,32 @@ class SessionStore:
         *,
         idle_ttl_s: float = 600.0,
         max_per_tenant: int = 1024,
+        max_per_connection: int = 256,
+        max_per_address: int = 512,
         clock: Callable[[], float] = time.monotonic,
         on_end: Callable[[Session], None] | None = None,  # each closed or expired session
     ) -> None:
         self._on_end = on_end
         self._idle_ttl_s = idle_ttl_s
         self._max_per_tenant = max_per_tenant
+        self._max_per_connection = max_per_connection
+        self._max_per_address = max_per_address
         self._clock = clock
         self._sessions: dict[tuple[str, str], Session] = {}
+        self._per_tenant: Counter[str] = Counter()
+        self._per_connection: Counter[str] = Counter()
+        self._per_address: Counter[str] = Counter()
+        self.instance_id = secrets.token_hex(4)  # this run's; in the ids it makes
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def open(
-        self, tenant: str, session_id: str | None, metadata: Mapping[str, str] | None
+        self,
+        tenant: str,
+        session_id: str | None,
+        metadata: Mapping[str, str] | None,
+        opener: Opener | None = None,
     ) -> tuple[Session, bool]:
         """The new session, or the tenant's existing one with that id (True: resumed)."""
         self.expire()
@@ -77,26 +106,60 @@ class SessionStore:
             if existing is not None:
                 existing.last_used = self._clock()
                 return existing, True
-        if sum(1 for t, _ in self._sessions if t == tenant) >= self._max_per_tenant:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_REQUESTS,
-                f"this tenant has {self._max_per_tenant} open sessions; close some",
-            )
-        session_id = session_id or f"s-{secrets.token_hex(8)}"
+            self._refuse_lost(session_id)
+        opener = opener or Opener()
+        self._check_caps(tenant, opener)
+        session_id = session_id or f"s-{self.instance_id}-{secrets.token_hex(8)}"
         session = Session(
             tenant=tenant,
             session_id=session_id,
             metadata=MappingProxyType(dict(metadata or {})),
             last_used=self._clock(),
+            opener=opener,
         )
         self._sessions[(tenant, session_id)] = session
+        self._count(session, +1)
         return session, False
+
+    def _refuse_lost(self, session_id: str) -> None:
+        match = _SERVER_ID.fullmatch(session_id)
+        if match is not None and match.group(1) != self.instance_id:
+            raise ProtocolError(
+                ErrorCode.SESSION_LOST,
+                f"session {session_id!r} was made by an earlier run of this server and its "
+                "history is gone; open a new session and replay the history",
+            )
+
+    def _check_caps(self, tenant: str, opener: Opener) -> None:
+        caps = (
+            (self._per_tenant, tenant, self._max_per_tenant, "this tenant", True),
+            (self._per_connection, opener.connection_id, self._max_per_connection,
+             "this connection", bool(opener.connection_id)),
+            (self._per_address, opener.address, self._max_per_address, "this address",
+             bool(opener.address)),
+        )  # fmt: skip
+        for counter, key, limit, who, applies in caps:
+            if applies and counter[key] >= limit:
+                raise ProtocolError(
+                    ErrorCode.SESSION_LIMIT, f"{who} has {limit} open sessions; close some"
+                )
+
+    def _count(self, session: Session, delta: int) -> None:
+        for counter, key in (
+            (self._per_tenant, session.tenant),
+            (self._per_connection, session.opener.connection_id),
+            (self._per_address, session.opener.address),
+        ):
+            counter[key] += delta
+            if counter[key] <= 0:
+                del counter[key]
 
     def get(self, tenant: str, session_id: str) -> Session:
         """The tenant's session; ProtocolError(session_not_found) if it has none by that id."""
         self.expire()
         session = self._sessions.get((tenant, session_id))
         if session is None:
+            self._refuse_lost(session_id)
             raise ProtocolError(
                 ErrorCode.SESSION_NOT_FOUND, f"no session {session_id!r} (closed or expired?)"
             )
@@ -110,6 +173,7 @@ class SessionStore:
         return session
 
     def _ended(self, session: Session) -> None:
+        self._count(session, -1)
         if self._on_end is not None:
             self._on_end(session)
 

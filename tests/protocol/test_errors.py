@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+import protocol
 from protocol import DEFAULT_LIMITS, ERROR_POLICIES, ErrorCode, Limits, ProtocolError
 
 
@@ -58,3 +60,16 @@ def test_limits_defaults_and_wire_map() -> None:
 def test_limits_must_be_positive_ints(value: object) -> None:
     with pytest.raises(ValueError, match="max_depth"):
         Limits(max_depth=value)  # type: ignore[arg-type]
+
+
+def test_spec_documents_every_error_code() -> None:
+    spec = (Path(protocol.__file__).parent / "SPEC.md").read_text("utf-8")
+    table = spec.partition("## 7. Error codes")[2].partition("## 8.")[0]
+    for code, policy in ERROR_POLICIES.items():
+        row = f"| `{code.value}` |"
+        assert row in table, code
+        cells = [c.strip() for c in table.partition(row)[2].partition("\n")[0].split("|")]
+        assert cells[1:3] == [
+            "yes" if policy.retryable else "no",
+            "yes" if policy.closes_connection else "no",
+        ], code

@@ -11,6 +11,7 @@ from server_harness import (
     NO_EOS,
     encode,
     fast_config,
+    http_get,
     poll,
     raw_client,
     recv_frame,
@@ -38,19 +39,6 @@ KEYS = AuthSettings(
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-async def http_get(port: int, path: str) -> tuple[int, str, str]:
-    """(status, content type, body) of a plain HTTP GET."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    await writer.drain()
-    raw = (await asyncio.wait_for(reader.read(), 10)).decode()
-    writer.close()
-    head, _, body = raw.partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers.get("Content-Type", ""), body
 
 
 async def test_probes_follow_the_lifecycle(model: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from protocol import ChatMessage, ProtocolError, Role
-from server.auth import Authenticator, bearer_token, is_loopback
+from server.auth import AuthFailureLimiter, Authenticator, bearer_token, is_loopback
 from server.config import ApiKey, ConfigError, load_config, parse_env_keys, with_overrides
-from server.sessions import SessionStore
+from server.sessions import Opener, SessionStore
 
 
 class Clock:
@@ -53,8 +53,57 @@ def test_sessions_per_tenant_are_bounded() -> None:
     store.open("a", "one", None)
     with pytest.raises(ProtocolError) as full:
         store.open("a", "two", None)
-    assert full.value.code.value == "too_many_requests"
+    assert full.value.code.value == "session_limit"
     store.open("b", "one", None)
+
+
+def test_sessions_per_connection_and_address_are_bounded_and_freed_on_close() -> None:
+    store = SessionStore(max_per_connection=2, max_per_address=3)
+    c1, c2 = (
+        Opener(connection_id="c1", address="10.0.0.1"),
+        Opener(connection_id="c2", address="10.0.0.1"),
+    )
+    store.open("t", "a", None, c1)
+    store.open("t", "b", None, c1)
+    with pytest.raises(ProtocolError, match="this connection") as full:
+        store.open("t", "c", None, c1)
+    assert full.value.code.value == "session_limit"
+    store.open("t", "c", None, c2)
+    with pytest.raises(ProtocolError, match="this address"):
+        store.open("t", "d", None, c2)
+    store.open("t", "d", None, Opener(connection_id="c3", address="10.0.0.2"))
+    store.close("t", "a")
+    store.open("t", "e", None, c1)  # a closed session frees its place
+    assert store.open("t", "b", None, c2)[1]  # resuming is never capped
+
+
+def test_a_server_made_id_of_an_earlier_run_is_lost_not_silently_empty() -> None:
+    earlier, now = SessionStore(), SessionStore()
+    made, _ = earlier.open("t", None, None)
+    assert made.session_id.startswith(f"s-{earlier.instance_id}-")
+    for call in (
+        lambda: now.open("t", made.session_id, None),
+        lambda: now.get("t", made.session_id),
+    ):
+        with pytest.raises(ProtocolError) as lost:
+            call()
+        assert lost.value.code.value == "session_lost"
+    own, _ = now.open("t", None, None)
+    assert now.open("t", own.session_id, None)[1]
+    assert not now.open("t", "my-own-id", None)[1]  # client-chosen ids open as before
+
+
+def test_wrong_keys_lock_an_address_out_for_the_window() -> None:
+    clock = Clock()
+    limiter = AuthFailureLimiter(max_failures=3, window_s=60, clock=clock)
+    for t in (0, 10, 20):
+        clock.now = t
+        assert limiter.retry_after_s("1.2.3.4") is None
+        limiter.record_failure("1.2.3.4")
+    assert limiter.retry_after_s("1.2.3.4") == pytest.approx(40)  # until the first ages out
+    assert limiter.retry_after_s("5.6.7.8") is None
+    clock.now = 61  # the first failure aged out: two left in the window
+    assert limiter.retry_after_s("1.2.3.4") is None
 
 
 def test_authenticator() -> None:

@@ -52,6 +52,22 @@ async def running_server(
         await server.shutdown()
 
 
+async def http_get(
+    port: int, path: str, *, headers: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """(status, content type, body) of a plain HTTP GET."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
+    await writer.drain()
+    raw = (await asyncio.wait_for(reader.read(), 10)).decode()
+    writer.close()
+    head, _, body = raw.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    found = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), found.get("Content-Type", ""), body
+
+
 def url_of(server: BanterboxServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
 
