@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The quantized-matmul kernels compile into the venv on the first setup (about a minute);
+# after that this only checks they are current.
 setup: $(STAMP)
+	$(PY) -m server.engine.kernels
 
 model: setup
 	$(VENV)/bin/banterbox pull

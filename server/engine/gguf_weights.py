@@ -1,4 +1,4 @@
-"""GGUF → ModelConfig + canonical float tensors, through the `gguf` package. No model code."""
+"""GGUF → ModelConfig + canonical tensors (float, or packed blocks), via `gguf`. No model code."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
 from .errors import ModelLoadError, UnsupportedModelError
+from .quant import KERNEL_TYPES, QuantizedWeight, Weight
 
 _SUPPORTED = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
 
@@ -110,13 +111,32 @@ def dequantize(tensor: gguf.ReaderTensor) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
+def packed(tensor: gguf.ReaderTensor) -> QuantizedWeight:
+    """One 2-D GGUF tensor of a kernel type, its blocks copied out of the mapped file as-is."""
+    num_rows, num_cols = (int(d) for d in reversed(tensor.shape))
+    try:
+        data = np.array(tensor.data, dtype=np.uint8, copy=True).reshape(num_rows, -1)
+    except ValueError as exc:
+        raise ModelLoadError(f"corrupt tensor {tensor.name!r}: {exc}") from exc
+    block_size, block_bytes = gguf.GGML_QUANT_SIZES[tensor.tensor_type]
+    if num_cols % block_size or data.shape[1] != num_cols // block_size * block_bytes:
+        raise ModelLoadError(f"corrupt tensor {tensor.name!r}: rows of {data.shape[1]} bytes")
+    return QuantizedWeight(torch.from_numpy(data), tensor.tensor_type, num_cols)
+
+
 def load_gguf_weights(
-    reader: gguf.GGUFReader, md: dict[str, Any]
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    tensors: dict[str, torch.Tensor] = {}
+    reader: gguf.GGUFReader, md: dict[str, Any], *, keep_packed: bool = False
+) -> tuple[ModelConfig, dict[str, Weight]]:
+    """keep_packed: 2-D tensors in a block format the kernels read stay packed; the rest (and
+    everything when False, the float32 reference mode) are dequantized by gguf."""
+    tensors: dict[str, Weight] = {}
     for tensor in reader.tensors:
         name = _canonical_name(tensor.name)
-        if name is not None:
+        if name is None:
+            continue
+        if keep_packed and len(tensor.shape) == 2 and tensor.tensor_type in KERNEL_TYPES:
+            tensors[name] = packed(tensor)
+        else:
             tensors[name] = dequantize(tensor)
     if "embed_tokens" not in tensors:
         raise ModelLoadError("GGUF has no token_embd.weight tensor")
@@ -125,7 +145,7 @@ def load_gguf_weights(
     return config, tensors
 
 
-def _with_file_facts(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> ModelConfig:
+def _with_file_facts(config: ModelConfig, tensors: dict[str, Weight]) -> ModelConfig:
     from dataclasses import replace
 
     return replace(

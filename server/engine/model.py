@@ -11,6 +11,9 @@ out (kv head, sequence, position, head_dim), so the attention matmuls read them 
 copy; at long contexts that gather-and-read is most of a decode step.
 - `forward_full`: a plain causal forward without any cache, the oracle the tests hold
   `forward` against.
+
+Projections are dense (float, stored (in, out)) or quantized (GGUF blocks as the file holds
+them, applied by the fused dequantize-matmul kernel with float32 activations): see quant.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, RopeScaling
+from .errors import ModelLoadError
+from .quant import (
+    ConcatProjection,
+    DenseProjection,
+    Projection,
+    QuantizedWeight,
+    Weight,
+    stack_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -48,18 +60,18 @@ class AttentionMetadata:
 
 @dataclass
 class Layer:
-    """One block's weights. Projections are stored (in, out) and applied as x @ w: for the one
-    row of a single-stream decode that product streams the weight ~1.3x (the (H, V) lm_head
-    ~1.9x) faster on CPU than F.linear over the (out, in) layout, and is level from 4 rows up
-    (bench: python -m bench engine)."""
+    """One block's weights. Dense projections are stored (in, out) and applied as x @ w: for
+    the one row of a single-stream decode that product streams the weight ~1.3x (the (H, V)
+    lm_head ~1.9x) faster on CPU than F.linear over the (out, in) layout, and is level from 4
+    rows up (bench: python -m bench engine)."""
 
     input_norm: torch.Tensor  # (H,)
-    qkv: torch.Tensor  # (H, nh*hd + 2*nkv*hd), q, k and v fused: one matmul
+    qkv: Projection  # H → nh*hd + 2*nkv*hd, q, k and v fused: one matmul
     qkv_bias: torch.Tensor | None
-    o_proj: torch.Tensor  # (nh*hd, H)
+    o_proj: Projection  # nh*hd → H
     post_norm: torch.Tensor  # (H,)
-    gate_up: torch.Tensor  # (H, 2*I), gate and up fused
-    down: torch.Tensor  # (I, H)
+    gate_up: Projection  # H → 2*I, gate and up fused
+    down: Projection  # I → H
 
 
 def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None) -> torch.Tensor:
@@ -94,55 +106,94 @@ def _in_out(weight: torch.Tensor, device: torch.device, dtype: torch.dtype) -> t
     return weight.to(device=device, dtype=dtype).t().contiguous()
 
 
+def _projection(parts: list[Weight], device: torch.device, dtype: torch.dtype) -> Projection:
+    """(out, in) matrices fused along out: runs of one block type stacked, floats concatenated."""
+    runs: list[list[Weight]] = []
+    for part in parts:
+        previous = runs[-1][-1] if runs else None
+        same_kind = (
+            isinstance(part, QuantizedWeight)
+            and isinstance(previous, QuantizedWeight)
+            and part.qtype == previous.qtype
+        ) or (isinstance(part, torch.Tensor) and isinstance(previous, torch.Tensor))
+        if same_kind:
+            runs[-1].append(part)
+        else:
+            runs.append([part])
+    projections: list[Projection] = []
+    for run in runs:
+        if isinstance(run[0], QuantizedWeight):
+            projections.append(stack_rows([w for w in run if isinstance(w, QuantizedWeight)]))
+        else:
+            dense = torch.cat([w for w in run if isinstance(w, torch.Tensor)], dim=0)
+            projections.append(DenseProjection(_in_out(dense, device, dtype)))
+    return projections[0] if len(projections) == 1 else ConcatProjection(tuple(projections))
+
+
 class Transformer:
     """Weights plus the two forwards. Holds no per-request state."""
 
     def __init__(
         self,
         config: ModelConfig,
-        tensors: dict[str, torch.Tensor],
+        tensors: dict[str, Weight],
         *,
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
+        """Quantized tensors (QuantizedWeight) run on the CPU kernels, float32 activations."""
         self.config = config
         self.device = device
         self.dtype = dtype
+        packed = [n for n, t in tensors.items() if isinstance(t, QuantizedWeight)]
+        if packed and (device.type != "cpu" or dtype != torch.float32):
+            raise ModelLoadError(f"quantized weights run on CPU in float32, not {device} {dtype}")
 
         def w(name: str) -> torch.Tensor:
-            return tensors[name].to(device=device, dtype=dtype).contiguous()
+            tensor = tensors[name]
+            assert isinstance(tensor, torch.Tensor), f"{name} is a vector, never packed"
+            return tensor.to(device=device, dtype=dtype).contiguous()
 
-        self.embed_tokens = w("embed_tokens")  # (V, H)
+        embed = tensors["embed_tokens"]
+        # (V, H); packed, a lookup dequantizes just the rows it reads.
+        self.embed_tokens = embed if isinstance(embed, QuantizedWeight) else w("embed_tokens")
         self.norm = w("norm")
         head = tensors["embed_tokens" if config.tie_embeddings else "lm_head"]
-        self.lm_head = _in_out(head, device, dtype)  # (H, V)
+        self.lm_head = _projection([head], device, dtype)  # H → V
         self.layers = [self._layer(tensors, i, w) for i in range(config.num_layers)]
-        freq_factors = tensors.get("rope_freqs")
-        self.inv_freq = rope_inv_freq(config, freq_factors)
+        freqs = tensors.get("rope_freqs")
+        self.inv_freq = rope_inv_freq(config, freqs if isinstance(freqs, torch.Tensor) else None)
         self._cos = torch.empty(0, device=device)
         self._sin = torch.empty(0, device=device)
         self._grow_rope_table(max(config.max_position, 1))
 
     def _layer(
-        self, tensors: dict[str, torch.Tensor], i: int, get: Callable[[str], torch.Tensor]
+        self, tensors: dict[str, Weight], i: int, get: Callable[[str], torch.Tensor]
     ) -> Layer:
         p = f"layers.{i}."
         device, dtype = self.device, self.dtype
-        qkv = torch.cat([tensors[p + n] for n in ("q_proj", "k_proj", "v_proj")], dim=0)
+
+        def project(*names: str) -> Projection:
+            return _projection([tensors[p + n] for n in names], device, dtype)
+
         bias = None
         if self.config.qkv_bias:
-            bias = torch.cat([tensors[p + n] for n in ("q_bias", "k_bias", "v_bias")], dim=0)
-            bias = bias.to(device=device, dtype=dtype)
-        gate_up = torch.cat([tensors[p + "gate_proj"], tensors[p + "up_proj"]], dim=0)
+            bias = torch.cat([get(p + n) for n in ("q_bias", "k_bias", "v_bias")], dim=0)
         return Layer(
             input_norm=get(p + "input_norm"),
-            qkv=_in_out(qkv, device, dtype),
+            qkv=project("q_proj", "k_proj", "v_proj"),
             qkv_bias=bias,
-            o_proj=_in_out(tensors[p + "o_proj"], device, dtype),
+            o_proj=project("o_proj"),
             post_norm=get(p + "post_norm"),
-            gate_up=_in_out(gate_up, device, dtype),
-            down=_in_out(tensors[p + "down_proj"], device, dtype),
+            gate_up=project("gate_proj", "up_proj"),
+            down=project("down_proj"),
         )
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(T,) → (T, H)."""
+        if isinstance(self.embed_tokens, QuantizedWeight):
+            return self.embed_tokens.rows(token_ids)
+        return self.embed_tokens[token_ids]
 
     def _grow_rope_table(self, num_positions: int) -> None:
         t = torch.arange(num_positions, dtype=torch.float64)
@@ -178,7 +229,7 @@ class Transformer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project and rotate: q (T, nh, hd), k and v (T, nkv, hd)."""
         c = self.config
-        qkv = x @ layer.qkv
+        qkv = layer.qkv(x)
         if layer.qkv_bias is not None:
             qkv = qkv + layer.qkv_bias
         qkv = qkv.view(x.shape[0], -1, c.head_dim)
@@ -188,11 +239,11 @@ class Transformer:
         return q, k, v
 
     def _mlp(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = (x @ layer.gate_up).chunk(2, dim=-1)
-        return (F.silu(gate) * up) @ layer.down
+        gate, up = layer.gate_up(x).chunk(2, dim=-1)
+        return layer.down(F.silu(gate) * up)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return (self._rms_norm(hidden, self.norm) @ self.lm_head).float()
+        return self.lm_head(self._rms_norm(hidden, self.norm)).float()
 
     @torch.inference_mode()
     def forward(
@@ -205,7 +256,7 @@ class Transformer:
     ) -> torch.Tensor:
         """Run one engine step; returns float32 logits (S, V)."""
         c = self.config
-        x = self.embed_tokens[token_ids]  # (T, H)
+        x = self.embed(token_ids)  # (T, H)
         cos, sin = self.rope_tables(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, hd/2)
         for layer, cache in zip(self.layers, kv, strict=True):
@@ -214,7 +265,7 @@ class Transformer:
             by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
             by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
             attn = self._paged_attention(q, k, v, cache, meta)  # (T, nh*hd)
-            x = x + attn @ layer.o_proj
+            x = x + layer.o_proj(attn)
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
         return self.logits(x[logits_indices])
 
@@ -287,7 +338,7 @@ class Transformer:
         positions = torch.arange(length, device=token_ids.device)
         cos, sin = self.rope_tables(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        x = self.embed_tokens[token_ids.flatten()]  # (B*T, H)
+        x = self.embed(token_ids.flatten())  # (B*T, H)
         for layer in self.layers:
             h = self._rms_norm(x, layer.input_norm)
             per_row = []
@@ -300,6 +351,6 @@ class Transformer:
                     q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
                 )
                 per_row.append(attn.transpose(0, 1).reshape(length, -1))
-            x = x + torch.cat(per_row) @ layer.o_proj
+            x = x + layer.o_proj(torch.cat(per_row))
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
         return self.logits(x).view(batch, length, -1)

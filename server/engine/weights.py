@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import gguf
 
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import open_gguf, read_metadata
 from .gguf_weights import load_gguf_weights
 from .hf_weights import load_hf_weights
+from .quant import QuantizedWeight, Weight, quantize
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Checkpoint:
 
     path: Path
     config: ModelConfig
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, Weight]  # float tensors, or packed blocks (QuantizedWeight)
     gguf_metadata: dict[str, Any] | None  # None for HF folders
 
     @property
@@ -44,7 +45,7 @@ def _required_names(config: ModelConfig) -> list[str]:
     return names
 
 
-def _check_shapes(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+def _check_shapes(config: ModelConfig, tensors: dict[str, Weight]) -> None:
     missing = [n for n in _required_names(config) if n not in tensors]
     if missing:
         raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, first {missing[0]!r}")
@@ -63,17 +64,43 @@ def _check_shapes(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None
             )
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a .gguf file or an HF folder; every failure is one ModelLoadError line."""
+def _quantize_floats(
+    tensors: dict[str, Weight], qtype: gguf.GGMLQuantizationType
+) -> dict[str, Weight]:
+    """Every float matrix whose rows split into whole blocks, packed; vectors stay float."""
+    block_size = gguf.GGML_QUANT_SIZES[qtype][0]
+    out: dict[str, Weight] = {}
+    for name, tensor in tensors.items():
+        if isinstance(tensor, QuantizedWeight) or tensor.ndim != 2 or tensor.shape[1] % block_size:
+            out[name] = tensor
+        else:
+            out[name] = quantize(tensor, qtype)
+    return out
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    keep_packed: bool = False,
+    quantize_to: gguf.GGMLQuantizationType | None = None,
+) -> Checkpoint:
+    """Load a .gguf file or an HF folder; every failure is one ModelLoadError line.
+
+    keep_packed: a GGUF's quantized matrices stay in their blocks (else dequantized to float32).
+    quantize_to: float matrices (an HF folder's, an F16 GGUF's) are quantized to this format.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model path does not exist: {path}")
     metadata: dict[str, Any] | None = None
     if path.is_dir():
-        config, tensors = load_hf_weights(path)
+        config, float_tensors = load_hf_weights(path)
+        tensors: dict[str, Weight] = dict(float_tensors)
     else:
         reader = open_gguf(path)
         metadata = read_metadata(reader)
-        config, tensors = load_gguf_weights(reader, metadata)
+        config, tensors = load_gguf_weights(reader, metadata, keep_packed=keep_packed)
+    if quantize_to is not None:
+        tensors = _quantize_floats(tensors, quantize_to)
     _check_shapes(config, tensors)
     return Checkpoint(path=path, config=config, tensors=tensors, gguf_metadata=metadata)

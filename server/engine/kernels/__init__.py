@@ -1,0 +1,40 @@
+"""Builds and loads the C++ quantized-matmul extension (quant.cpp). Touches no model state."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import ModelLoadError
+
+SOURCE = Path(__file__).with_name("quant.cpp")
+# Zen 3 / Haswell and later; the kernels use no AVX-512.
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+
+
+def build_directory() -> Path:
+    """Inside the virtual environment: a fresh venv builds afresh, and nothing else is touched."""
+    return Path(sys.prefix) / "share" / "banterbox" / "kernels"
+
+
+@functools.cache
+def load(*, verbose: bool = False) -> ModuleType:
+    """The compiled extension, built with ninja on first use (seconds) and cached after."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        module: ModuleType = load_extension(
+            name="banterbox_quant",
+            sources=[str(SOURCE)],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(directory),
+            verbose=verbose,
+        )
+    except (RuntimeError, OSError, ImportError) as exc:
+        raise ModelLoadError(f"cannot build the quantized-matmul kernels: {exc}") from exc
+    return module
