@@ -29,7 +29,14 @@ def _add_model_argument(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=("auto", "float32", "bfloat16", "float16"),
-        help="weights and activations (auto: float32 on CPU, bfloat16 on CUDA)",
+        help="auto: on CPU a GGUF's quantized weights stay packed (fused kernels, float32 "
+        "activations), bfloat16 on CUDA; float32: the dense reference mode",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "q8_0", "q4_0", "q4_1"),
+        help="quantize a float checkpoint's matrices at load for the CPU kernels (default: none)",
     )
 
 
@@ -64,7 +71,12 @@ def run_generate(args: argparse.Namespace) -> int:
         messages = _read_messages(args.messages) if args.messages else None
         llm = LLM.load(
             model_path(args),
-            EngineConfig(device=args.device, num_threads=args.threads, dtype=args.dtype),
+            EngineConfig(
+                device=args.device,
+                num_threads=args.threads,
+                dtype=args.dtype,
+                quantize=args.quantize,
+            ),
             chat_template=args.chat_template,
         )
         if messages is not None:

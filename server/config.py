@@ -25,7 +25,8 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 | limits.max_frame_bytes | --max-frame-bytes | 1048576 | → frame_too_large; 4× this: close 1009 |
 | limits.* | | protocol.Limits | the other limits of SPEC.md §8, by name |
 | engine.device | --device | "cpu" | cpu, cuda or cuda:N |
-| engine.dtype | --dtype | "auto" | float32 on CPU, bfloat16 on CUDA; or float32, bfloat16 |
+| engine.dtype | --dtype | "auto" | CPU: GGUF blocks packed, fp32 math; CUDA: bf16; or float32 |
+| engine.quantize | --quantize | "none" | q8_0, q4_0, q4_1: float weights packed at load (CPU) |
 | engine.threads | --threads | 0 | torch threads (0: torch's choice) |
 | engine.kv_cache_mib | --kv-cache-mib | 2048 | KV memory budget |
 | engine.block_size | | 16 | tokens per KV block |
@@ -99,6 +100,7 @@ class EngineSettings:
 
     device: str = _ENGINE_DEFAULTS.device
     dtype: str = _ENGINE_DEFAULTS.dtype
+    quantize: str = _ENGINE_DEFAULTS.quantize
     threads: int = _ENGINE_DEFAULTS.num_threads
     kv_cache_mib: int = _ENGINE_DEFAULTS.kv_cache_mib
     block_size: int = _ENGINE_DEFAULTS.block_size
@@ -112,6 +114,7 @@ class EngineSettings:
         return EngineConfig(
             device=self.device,
             dtype=self.dtype,
+            quantize=self.quantize,
             num_threads=self.threads,
             kv_cache_mib=self.kv_cache_mib,
             block_size=self.block_size,

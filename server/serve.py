@@ -36,6 +36,7 @@ _OVERRIDES = {
     "device": "engine.device",
     "threads": "engine.threads",
     "dtype": "engine.dtype",
+    "quantize": "engine.quantize",
     "kv_cache_mib": "engine.kv_cache_mib",
     "max_num_seqs": "engine.max_num_seqs",
     "max_num_batched_tokens": "engine.max_num_batched_tokens",
@@ -63,8 +64,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-num-batched-tokens", type=int, default=None)
     add("--max-waiting", type=int, default=None)
     add("--session-ttl", type=float, default=None, help="idle session TTL, seconds")
-    # cli.py gives --device, --threads and --dtype fixed defaults; None lets the config file decide.
-    parser.set_defaults(device=None, threads=None, dtype=None)
+    # cli.py gives --device, --threads, --dtype and --quantize fixed defaults; None lets the
+    # config file decide.
+    parser.set_defaults(device=None, threads=None, dtype=None, quantize=None)
 
 
 def build_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:

@@ -48,7 +48,13 @@ class EngineConfig:
     """Runtime limits of one engine. Every field is a named, defaulted setting."""
 
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
-    dtype: str = "auto"  # "auto": float32 on CPU, bfloat16 on CUDA when supported
+    # "auto": on CPU a GGUF's quantized matrices stay packed and run on the fused kernels with
+    # float32 activations; bfloat16 on CUDA when supported. "float32": every weight dequantized
+    # to dense float32, the reference mode. "bfloat16", "float16": dense in that dtype.
+    dtype: str = "auto"
+    # "none", or "q8_0", "q4_0", "q4_1": float matrices (an HF checkpoint's) quantized at load
+    # into that GGUF format for the CPU kernels; a GGUF's quantized matrices stay as they are.
+    quantize: str = "none"
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     kv_cache_mib: int = 2048  # KV memory budget, cut into blocks
     num_kv_blocks: int = 0  # > 0 overrides kv_cache_mib with an exact block count

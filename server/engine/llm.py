@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import torch
 
 from .chat_template import ChatTemplate, load_chat_template
@@ -16,10 +18,14 @@ from .config import EngineConfig
 from .core import EngineCore
 from .errors import ChatTemplateError, ModelLoadError
 from .model import Transformer
+from .quant import QUANTIZE_CHOICES, describe_weights
+from .scoring import plan_score
 from .tokenizer import load_tokenizer
 from .tokenizer_base import Tokenizer
-from .types import EngineRequest, Priority, RequestOutput, SamplingParams
+from .types import EngineRequest, Priority, RequestOutput, SamplingParams, ScoreOutput
 from .weights import load_checkpoint
+
+log = logging.getLogger("banterbox.engine")
 
 
 def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
@@ -34,6 +40,31 @@ def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return device, torch.bfloat16
     return device, torch.float32
+
+
+@dataclass(frozen=True)
+class WeightPolicy:
+    """How checkpoint matrices are held: GGUF blocks kept packed, floats quantized, or dense."""
+
+    keep_packed: bool
+    quantize_to: gguf.GGMLQuantizationType | None
+
+
+def resolve_weights(config: EngineConfig, device: torch.device) -> WeightPolicy:
+    """auto on CPU keeps a GGUF's blocks packed; an explicit dtype is the dense mode."""
+    if config.quantize == "none":
+        return WeightPolicy(
+            keep_packed=device.type == "cpu" and config.dtype == "auto", quantize_to=None
+        )
+    if config.quantize not in QUANTIZE_CHOICES:
+        choices = ", ".join(["none", *QUANTIZE_CHOICES])
+        raise ModelLoadError(f"unknown quantize format {config.quantize!r} (choices: {choices})")
+    if device.type != "cpu" or config.dtype not in ("auto", "float32"):
+        raise ModelLoadError(
+            f"quantize {config.quantize} runs on CPU with float32 activations, "
+            f"not {device.type} {config.dtype}"
+        )
+    return WeightPolicy(keep_packed=True, quantize_to=QUANTIZE_CHOICES[config.quantize])
 
 
 @dataclass(frozen=True)
@@ -53,7 +84,8 @@ class ModelInfo:
     architecture: str
     max_model_len: int
     device: str
-    dtype: str
+    dtype: str  # of activations and the KV cache
+    weights: str  # how matrices are held, e.g. "Q4_1 x210, Q8_0 x1 packed; float32 x61 dense"
 
 
 class LLM:
@@ -68,6 +100,7 @@ class LLM:
         name: str,
         path: Path,
         config: EngineConfig,
+        weights: str = "dense",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -80,6 +113,7 @@ class LLM:
             max_model_len=self.core.max_model_len,
             device=str(model.device),
             dtype=str(model.dtype).removeprefix("torch."),
+            weights=weights,
         )
         self._ids = itertools.count()
         # Control-token spellings inside message text would otherwise encode to the real
@@ -99,9 +133,14 @@ class LLM:
         config = config or EngineConfig()
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        checkpoint = load_checkpoint(path)
         device, dtype = resolve_device(config)
+        policy = resolve_weights(config, device)
+        checkpoint = load_checkpoint(
+            path, keep_packed=policy.keep_packed, quantize_to=policy.quantize_to
+        )
         model = Transformer(checkpoint.config, checkpoint.tensors, device=device, dtype=dtype)
+        weights = describe_weights(checkpoint.tensors)
+        log.info("weights: %s; activations %s on %s", weights, dtype, device)
         tokenizer = load_tokenizer(checkpoint.path, checkpoint.gguf_metadata)
         try:
             template: ChatTemplate | None = load_chat_template(
@@ -112,7 +151,13 @@ class LLM:
                 raise
             template = None  # raw prompts still work; chat turns will say why they cannot
         return cls(
-            model, tokenizer, template, name=checkpoint.name, path=checkpoint.path, config=config
+            model,
+            tokenizer,
+            template,
+            name=checkpoint.name,
+            path=checkpoint.path,
+            config=config,
+            weights=weights,
         )
 
     def restart_core(self) -> EngineCore:
@@ -168,6 +213,7 @@ class LLM:
         priority: Priority = Priority.INTERACTIVE,
         session_id: str | None = None,
         cache_salt: str = "",
+        prefill_only: bool = False,
     ) -> EngineRequest:
         return EngineRequest(
             request_id=request_id or f"req-{next(self._ids)}",
@@ -177,7 +223,35 @@ class LLM:
             session_id=session_id,
             cache_salt=cache_salt,
             arrival_time=time.monotonic(),
+            prefill_only=prefill_only,
         )
+
+    def score(
+        self,
+        prompt_token_ids: Sequence[int],
+        candidates: Sequence[Sequence[int]],
+        *,
+        cache_salt: str = "",
+    ) -> ScoreOutput:
+        """Log-probability of each candidate after the prompt, run alone (like generate)."""
+        plan = plan_score(
+            f"score-{next(self._ids)}", prompt_token_ids, candidates, cache_salt=cache_salt
+        )
+        warm = self._run_to_end([plan.warm])[plan.warm.request_id]
+        return plan.result(warm, self._run_to_end(plan.candidates))
+
+    def _run_to_end(self, requests: Sequence[EngineRequest]) -> dict[str, RequestOutput]:
+        """Step until every request has finished; their finishing outputs by request id."""
+        for request in requests:
+            self.core.add_request(request)
+        pending = {request.request_id for request in requests}
+        final: dict[str, RequestOutput] = {}
+        while pending:
+            for output in self.core.step():
+                if output.finished and output.request_id in pending:
+                    final[output.request_id] = output
+                    pending.discard(output.request_id)
+        return final
 
     def generate(
         self, prompt_token_ids: Sequence[int], sampling: SamplingParams | None = None

@@ -1,6 +1,8 @@
 """Our engine against HF transformers on the default GGUF: same prompt, same greedy tokens.
 
-The goldens come from make_hf_goldens.py (run in a separate venv holding transformers).
+Run in both CPU modes: the default (the file's Q4_1/Q8_0 blocks kept packed, fused kernels)
+and the dense float32 reference (`--dtype float32`). The goldens come from make_hf_goldens.py
+(run in a separate venv holding transformers).
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ EOS_TOKEN_ID = 2  # <|im_end|>
 # float32 on both sides, different op order (fused qkv, interleaved RoPE): logits agree to
 # about 2e-5. A real layout or norm mistake moves them by far more than this bound.
 LOGIT_ATOL = 1e-3
+# Greedy picks between two logits this close may flip under a different summation order.
+TIE_MARGIN = 0.01
+MODES = {
+    "default": EngineConfig(num_threads=2),
+    "float32": EngineConfig(num_threads=2, dtype="float32"),
+}
 
 
-@pytest.fixture(scope="module")
-def llm(default_model: Path) -> LLM:
-    return LLM.load(default_model, EngineConfig(num_threads=2))
+@pytest.fixture(scope="module", params=sorted(MODES))
+def llm(default_model: Path, request: pytest.FixtureRequest) -> LLM:
+    llm = LLM.load(default_model, MODES[request.param])
+    packed = "packed" in llm.info.weights
+    assert packed == (request.param == "default"), llm.info.weights
+    return llm
 
 
 def _by_name(case: dict[str, Any]) -> str:
@@ -74,6 +85,8 @@ def test_greedy_tokens_match_hf(llm: LLM, case: dict[str, Any]) -> None:
     expected = case["output_token_ids"]
     if ours != expected:
         step = _first_difference(ours, expected)
+        if step < len(expected) and case["step_margins"][step] < TIE_MARGIN:
+            return  # a near-tie in the reference itself: identical up to here is identical
         pytest.fail(
             f"first difference at step {step}: ours {ours[step : step + 4]}, "
             f"HF {expected[step : step + 4]}; HF's top-2 margin there "
