@@ -395,7 +395,7 @@ class FrameGenerator:
         lim = self.limits
         over = rng.choice((0, 1))
         frame = self._generate(rng, index)
-        field = rng.randrange(9)
+        field = rng.randrange(10)
         if field == 0:
             frame["prompt"] = "a" * min(lim.max_string_chars + over, lim.max_frame_bytes * 4 + 16)
         elif field == 1:
@@ -414,6 +414,8 @@ class FrameGenerator:
         elif field == 6:
             frame.pop("prompt")
             frame["messages"] = [{"role": "user", "content": "x"}] * (lim.max_messages + over)
+        elif field == 9:  # past the WebSocket layer's own limit (4x): a 1009 close, or an error
+            frame["prompt"] = "o" * (lim.max_frame_bytes * 4 + 1)
         elif field == 7:
             frame = {"type": "hello", "protocol": 1, "client": "c" * (lim.max_name_chars + over)}
         else:
