@@ -5,23 +5,30 @@ freed) and the step goes on for the others: a forward that raises is retried chu
 find the culprit, a sampling batch that raises is retried row by row, and output processing
 is guarded per request. Only a failure outside any request (the scheduler itself) escapes
 `step()`, and the worker's supervisor deals with that.
+
+Constrained rows: their masks are filled on a helper thread while the forward runs, and only
+for the rows that sample this step, so free rows wait for no mask and a step costs in masks
+what its constrained rows need. A constraint that does not compile refuses its request at
+`add_request`; one that cannot take the sampled token fails its request alone.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
 
 from .config import EngineConfig
+from .constraints import ConstraintCompiler, ConstraintState, MaskBatch
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .errors import InvalidRequestError
 from .kv_manager import KVCacheManager
 from .model import Transformer
-from .runner import ModelRunner, kv_bytes_per_block
-from .sampler import SamplingState, sample
+from .runner import ModelRunner, ScoredSpan, StepLogits, kv_bytes_per_block
+from .sampler import SamplingState, TokenMask, sample, token_logprobs
 from .scheduler import Scheduler
 from .sequence import (
     FinishedSequence,
@@ -31,7 +38,7 @@ from .sequence import (
     SequenceUpdate,
 )
 from .tokenizer_base import Tokenizer
-from .types import EngineRequest, FinishReason, RequestOutput
+from .types import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 
 _MIB = 1 << 20
 log = logging.getLogger("banterbox.engine")
@@ -40,8 +47,16 @@ log = logging.getLogger("banterbox.engine")
 class _RequestState:
     """Per-request output processing: sampling state, detokenizer, stop strings."""
 
-    def __init__(self, request: EngineRequest, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        request: EngineRequest,
+        tokenizer: Tokenizer,
+        constraint: ConstraintState | None = None,
+    ) -> None:
         self.request = request
+        self.constraint = constraint
+        self.logprobs: list[TokenLogprob] = []  # of tokens sampled but not yet output
+        self.prompt_logprobs: list[float] = []  # scoring requests: of the scored tokens so far
         self.sampling = SamplingState(request.sampling, prompt_token_ids=request.prompt_token_ids)
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.stops = StopStringMatcher(request.sampling.stop) if request.sampling.stop else None
@@ -77,6 +92,8 @@ class EngineStats:
     scheduler: SchedulerStats
     num_kv_blocks: int
     block_size: int
+    num_mask_steps_total: int = 0  # steps that filled constraint masks
+    mask_seconds_total: float = 0.0  # time spent filling them (overlapped with the forward)
 
 
 class EngineCore:
@@ -106,6 +123,9 @@ class EngineCore:
         )
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size)
         self.vocab_size = model.config.vocab_size
+        self.constraints = ConstraintCompiler(tokenizer, vocab_size=self.vocab_size)
+        self._num_mask_steps_total = 0
+        self._mask_seconds_total = 0.0
         self._requests: dict[str, _RequestState] = {}
         self._failed: dict[str, str] = {}  # request id -> why, for this step's failures
 
@@ -114,8 +134,10 @@ class EngineCore:
         if request.request_id in self._requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         self._check_vocabulary(request)
+        constraint = request.sampling.constraint
+        state = None if constraint is None else self.constraints.compile(constraint)
         self.scheduler.add_request(request)
-        self._requests[request.request_id] = _RequestState(request, self.tokenizer)
+        self._requests[request.request_id] = _RequestState(request, self.tokenizer, state)
 
     def _check_vocabulary(self, request: EngineRequest) -> None:
         """Every token id the request names must index the model's logits."""
@@ -148,6 +170,8 @@ class EngineCore:
             scheduler=self.scheduler.stats(),
             num_kv_blocks=self.num_kv_blocks,
             block_size=self.config.block_size,
+            num_mask_steps_total=self._num_mask_steps_total,
+            mask_seconds_total=self._mask_seconds_total,
         )
 
     def step(self) -> list[RequestOutput]:
@@ -164,46 +188,130 @@ class EngineCore:
             state = self._requests[chunk.request_id]
             if state.scheduled_time is None:
                 state.scheduled_time = chunk.seq.first_scheduled_time
-        logits, request_ids = self._forward(scheduled.chunks)
+        constrained = [
+            chunk.request_id
+            for chunk in scheduled.chunks
+            if chunk.sample and self._requests[chunk.request_id].constraint is not None
+        ]
+        masks = self._start_masks(constrained)
+        step = self._forward(scheduled.chunks)
+        self._record_scores(step)
+        request_ids = step.sampled_request_ids
+        mask = self._finish_masks(masks, constrained, request_ids)
         if not request_ids:
             return {}
+        logits = step.sampled
         states = [self._requests[rid].sampling for rid in request_ids]
         try:
-            token_ids = sample(logits, states)
+            token_ids = sample(logits, states, mask)
         except Exception:  # find the rows at fault; the others keep their tokens
-            return self._sample_rows(logits, request_ids)
-        return dict(zip(request_ids, token_ids, strict=True))
+            picked = self._sample_rows(logits, request_ids, mask)
+        else:
+            picked = dict(zip(request_ids, token_ids, strict=True))
+        self._record_logprobs(logits, request_ids, picked)
+        return picked
 
-    def _forward(self, chunks: Sequence[ScheduledChunk]) -> tuple[torch.Tensor, tuple[str, ...]]:
+    def _start_masks(self, request_ids: Sequence[str]) -> Future[MaskBatch] | None:
+        if not request_ids:
+            return None
+        states = [self._requests[rid].constraint for rid in request_ids]
+        return self.constraints.start_masks([s for s in states if s is not None])
+
+    def _finish_masks(
+        self,
+        masks: Future[MaskBatch] | None,
+        constrained: Sequence[str],
+        request_ids: Sequence[str],
+    ) -> TokenMask | None:
+        """The filled masks, placed on the sampled rows (a failed forward drops some rows)."""
+        if masks is None:
+            return None
+        try:
+            batch = masks.result()
+        except Exception:
+            for request_id in constrained:
+                self._fail(request_id, "the constraint's token mask failed")
+            return None
+        self._num_mask_steps_total += 1
+        self._mask_seconds_total += batch.seconds
+        row_of = {request_id: row for row, request_id in enumerate(request_ids)}
+        kept = [(row_of[rid], i) for i, rid in enumerate(constrained) if rid in row_of]
+        if not kept:
+            return None
+        index = torch.tensor([i for _, i in kept])
+        return TokenMask(rows=tuple(row for row, _ in kept), bitmask=batch.bitmask[index])
+
+    def _forward(self, chunks: Sequence[ScheduledChunk]) -> StepLogits:
         """The batched forward; if it raises, each chunk alone, and the failing ones fail."""
         try:
             return self.runner.execute(chunks)
         except Exception:
             if len(chunks) == 1:
                 self._fail(chunks[0].request_id, "the model's forward failed")
-                return torch.empty(0), ()
-        rows: list[torch.Tensor] = []
-        request_ids: list[str] = []
+                return StepLogits(torch.empty(0), ())
+        parts: list[StepLogits] = []
         for chunk in chunks:
             try:
-                logits, ids = self.runner.execute([chunk])
+                parts.append(self.runner.execute([chunk]))
             except Exception:
                 self._fail(chunk.request_id, "the model's forward failed")
-                continue
-            rows.append(logits)
-            request_ids.extend(ids)
-        return (torch.cat(rows) if rows else torch.empty(0)), tuple(request_ids)
+        return _merge(parts)
 
-    def _sample_rows(self, logits: torch.Tensor, request_ids: Sequence[str]) -> dict[str, int]:
+    def _sample_rows(
+        self, logits: torch.Tensor, request_ids: Sequence[str], mask: TokenMask | None
+    ) -> dict[str, int]:
         picked: dict[str, int] = {}
         for row, request_id in enumerate(request_ids):
+            row_mask = None if mask is None else mask.for_row(row)
             try:
                 picked[request_id] = sample(
-                    logits[row : row + 1], [self._requests[request_id].sampling]
+                    logits[row : row + 1], [self._requests[request_id].sampling], row_mask
                 )[0]
             except Exception:
                 self._fail(request_id, "sampling failed (no finite logit to draw from)")
         return picked
+
+    def _record_logprobs(
+        self, logits: torch.Tensor, request_ids: Sequence[str], picked: dict[str, int]
+    ) -> None:
+        rows = [
+            (row, rid)
+            for row, rid in enumerate(request_ids)
+            if rid in picked and self._requests[rid].request.sampling.logprobs is not None
+        ]
+        if not rows:
+            return
+        try:
+            index = torch.tensor([row for row, _ in rows], device=logits.device)
+            found = token_logprobs(
+                logits[index],
+                [picked[rid] for _, rid in rows],
+                [self._requests[rid].request.sampling.logprobs or 0 for _, rid in rows],
+            )
+        except Exception:
+            for _, rid in rows:
+                self._fail(rid, "log-probabilities failed")
+            return
+        for (_, rid), logprob in zip(rows, found, strict=True):
+            self._requests[rid].logprobs.append(logprob)
+
+    def _record_scores(self, step: StepLogits) -> None:
+        """Scoring rows: log-probability of the token after each scored position."""
+        row = len(step.sampled_request_ids)
+        for span in step.scored:
+            rows = step.logits[row : row + span.num_rows]
+            row += span.num_rows
+            try:
+                self._score_span(span, rows)
+            except Exception:
+                self._fail(span.request_id, "scoring failed")
+
+    def _score_span(self, span: ScoredSpan, rows: torch.Tensor) -> None:
+        state = self._requests[span.request_id]
+        start = span.start_position + 1
+        targets = state.request.prompt_token_ids[start : start + span.num_rows]
+        found = token_logprobs(rows, targets, [0] * len(targets))
+        state.prompt_logprobs.extend(logprob.logprob for logprob in found)
 
     def _fail(self, request_id: str, reason: str) -> None:
         log.exception("request %s failed: %s", request_id, reason)
@@ -253,9 +361,11 @@ class EngineCore:
 
     def _process_update(self, update: SequenceUpdate) -> RequestOutput:
         state = self._requests[update.request_id]
+        finish = update.finish_reason
         for token_id in update.new_token_ids:
             state.sampling.append(token_id)
-        finish = update.finish_reason
+            if state.constraint is not None and finish is None:
+                finish = self._advance_constraint(update.request_id, state.constraint, token_id)
         text, stop_matched = state.text_of(update.new_token_ids, finish)
         if stop_matched:
             if finish is None:
@@ -263,7 +373,27 @@ class EngineCore:
             finish = FinishReason.STOP
         if finish is not None:
             del self._requests[update.request_id]
-        return _output(update, update.new_token_ids, text, finish, state.scheduled_time)
+        logprobs, state.logprobs = tuple(state.logprobs), []
+        return _output(
+            update,
+            update.new_token_ids,
+            text,
+            finish,
+            state.scheduled_time,
+            logprobs=logprobs,
+            prompt_logprobs=tuple(state.prompt_logprobs) if finish is not None else (),
+        )
+
+    def _advance_constraint(
+        self, request_id: str, constraint: ConstraintState, token_id: int
+    ) -> FinishReason | None:
+        """STOP once the constraint is complete: the output matches and cannot grow."""
+        if not constraint.accept(token_id):
+            raise RuntimeError(f"the constraint refused token {token_id}: {constraint.error}")
+        if constraint.done:
+            self.scheduler.finish_request(request_id, FinishReason.STOP)
+            return FinishReason.STOP
+        return None
 
 
 def _output(
@@ -274,6 +404,8 @@ def _output(
     scheduled_time: float | None,
     *,
     error: str | None = None,
+    logprobs: tuple[TokenLogprob, ...] = (),
+    prompt_logprobs: tuple[float, ...] = (),
 ) -> RequestOutput:
     return RequestOutput(
         request_id=source.request_id,
@@ -285,4 +417,19 @@ def _output(
         num_output_tokens=source.num_output_tokens,
         scheduled_time=scheduled_time,
         error=error,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
+
+
+def _merge(parts: Sequence[StepLogits]) -> StepLogits:
+    """Chunk-by-chunk forwards as one: every sampled row first, then every scored span."""
+    if not parts:
+        return StepLogits(torch.empty(0), ())
+    sampled = [part.sampled for part in parts]
+    scored = [part.logits[len(part.sampled_request_ids) :] for part in parts]
+    return StepLogits(
+        torch.cat([*sampled, *scored]),
+        tuple(rid for part in parts for rid in part.sampled_request_ids),
+        tuple(span for part in parts for span in part.scored),
     )

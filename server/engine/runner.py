@@ -12,14 +12,38 @@ from .sequence import ScheduledChunk
 
 
 @dataclass(frozen=True)
+class ScoredSpan:
+    """Logits rows of one scoring chunk: the next-token logits of positions start.. in order."""
+
+    request_id: str
+    start_position: int
+    num_rows: int
+
+
+@dataclass(frozen=True)
 class ModelInput:
     """Everything one forward needs, built on the host from the step's chunks."""
 
     token_ids: torch.Tensor  # (T,)
     positions: torch.Tensor  # (T,)
     meta: AttentionMetadata
-    logits_indices: torch.Tensor  # (S,)
-    sampled_request_ids: tuple[str, ...]  # the request of each logits row
+    logits_indices: torch.Tensor  # (S + R,): the sampled rows, then the scored rows
+    sampled_request_ids: tuple[str, ...]  # the request of each of the S sampled rows
+    scored: tuple[ScoredSpan, ...]  # what the R scored rows are, in order
+
+
+@dataclass(frozen=True)
+class StepLogits:
+    """A forward's float32 logits: one row per sampling chunk, then each scored span's rows."""
+
+    logits: torch.Tensor  # (S + R, V)
+    sampled_request_ids: tuple[str, ...]  # the request of each of the first S rows
+    scored: tuple[ScoredSpan, ...] = ()
+
+    @property
+    def sampled(self) -> torch.Tensor:
+        """(S, V): the rows to sample from."""
+        return self.logits[: len(self.sampled_request_ids)]
 
 
 def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
@@ -64,6 +88,8 @@ class ModelRunner:
         slot_mapping: list[int] = []
         logits_rows: list[int] = []
         sampled: list[str] = []
+        scored_rows: list[int] = []
+        scored: list[ScoredSpan] = []
         spans: list[PrefillSpan] = []
         for chunk in [*decodes, *prefills]:
             n, start = len(chunk.token_ids), chunk.start_position
@@ -79,6 +105,11 @@ class ModelRunner:
             if chunk.sample:
                 logits_rows.append(len(token_ids) - 1)
                 sampled.append(chunk.request_id)
+            if chunk.scored_positions is not None:
+                lo, hi = chunk.scored_positions
+                first_row = len(token_ids) - n - start
+                scored_rows.extend(range(first_row + lo, first_row + hi))
+                scored.append(ScoredSpan(chunk.request_id, lo, hi - lo))
         decode_blocks, decode_mask = self._decode_context(decodes)
         device = self.model.device
         meta = AttentionMetadata(
@@ -92,8 +123,11 @@ class ModelRunner:
             token_ids=torch.tensor(token_ids, device=device),
             positions=torch.tensor(positions, device=device),
             meta=meta,
-            logits_indices=torch.tensor(logits_rows, device=device, dtype=torch.long),
+            logits_indices=torch.tensor(
+                [*logits_rows, *scored_rows], device=device, dtype=torch.long
+            ),
             sampled_request_ids=tuple(sampled),
+            scored=tuple(scored),
         )
 
     def _decode_context(
@@ -113,10 +147,10 @@ class ModelRunner:
         device = self.model.device
         return table.to(device), mask.to(device)
 
-    def execute(self, chunks: Sequence[ScheduledChunk]) -> tuple[torch.Tensor, tuple[str, ...]]:
-        """Run the step's forward; returns logits (S, V) and the request id of each row."""
+    def execute(self, chunks: Sequence[ScheduledChunk]) -> StepLogits:
+        """Run the step's forward; returns the sampled rows' and the scored spans' logits."""
         inputs = self.prepare(chunks)
         logits = self.model.forward(
             inputs.token_ids, inputs.positions, self.kv, inputs.meta, inputs.logits_indices
         )
-        return logits, inputs.sampled_request_ids
+        return StepLogits(logits, inputs.sampled_request_ids, inputs.scored)

@@ -1,6 +1,7 @@
 """Batched next-token sampling, each row under its own params and generator. No model, KV or I/O.
 
-Order per row: logit bias → penalties → temperature → top-k → top-p → min-p → draw. Rows are
+Order per row: logit bias → penalties → constraint mask → temperature → top-k → top-p → min-p
+→ draw. Rows are
 processed together where the maths is the same for all of them; only the final draw loops over
 the stochastic rows, because each one owns its torch.Generator (same seed, same tokens, whatever
 else shares the batch). Nothing here syncs with the device except the final `.tolist()` and,
@@ -17,10 +18,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from server.engine.types import SamplingParams
+from server.engine.types import SamplingParams, TokenLogprob
 
 _SEED_MASK = (1 << 64) - 1  # torch seeds are 64-bit; any Python int seed maps into that range
 # 1e-50 underflows to 0 in float32; below this floor a sampled row is an argmax anyway.
@@ -36,6 +38,28 @@ class SamplingError(ValueError):
     def __init__(self, rows: Sequence[int]) -> None:
         super().__init__(f"no finite logit to sample from in rows {list(rows)}")
         self.rows = tuple(rows)
+
+
+@dataclass(frozen=True)
+class TokenMask:
+    """Allowed tokens of some rows of a batch (constrained rows); other rows are unmasked."""
+
+    rows: tuple[int, ...]  # batch rows, one per bitmask row
+    bitmask: torch.Tensor  # (R, ceil(V / 32)) int32: bit j % 32 of word j // 32 allows token j
+
+    def for_row(self, row: int) -> TokenMask | None:
+        """The mask of one batch row alone, renumbered as row 0 (for row-by-row retries)."""
+        if row not in self.rows:
+            return None
+        i = self.rows.index(row)
+        return TokenMask(rows=(0,), bitmask=self.bitmask[i : i + 1])
+
+    def allowed(self, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """(R, V) bool."""
+        bitmask = self.bitmask.to(device)
+        shifts = torch.arange(32, dtype=torch.int32, device=device)
+        bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (R, W, 32)
+        return bits.flatten(1)[:, :vocab_size].bool()
 
 
 class SamplingState:
@@ -65,7 +89,12 @@ class SamplingState:
             or params.frequency_penalty != 0.0
         )
         # Plain greedy rows need nothing but an argmax: the batch fast path.
-        self.plain_greedy = params.greedy and not self.has_penalties and not params.logit_bias
+        self.plain_greedy = (
+            params.greedy
+            and not self.has_penalties
+            and not params.logit_bias
+            and params.constraint is None
+        )
         self._generator: torch.Generator | None = None
         self._seen: torch.Tensor | None = None  # (V,) bool: in the prompt or the output
         self._counts: torch.Tensor | None = None  # (V,) float32: times output so far
@@ -111,14 +140,21 @@ class SamplingState:
         return self._seen, self._counts
 
 
-def sample(logits: torch.Tensor, states: Sequence[SamplingState]) -> list[int]:
-    """One token id per row of `logits` (B, V); row i is sampled under `states[i]`."""
+def sample(
+    logits: torch.Tensor, states: Sequence[SamplingState], mask: TokenMask | None = None
+) -> list[int]:
+    """One token id per row of `logits` (B, V); row i is sampled under `states[i]`, and only
+    among its allowed tokens when `mask` covers it."""
     if logits.dim() != 2 or logits.shape[0] != len(states):
         raise ValueError(f"need logits (B, V) with B={len(states)}, got {tuple(logits.shape)}")
-    if all(state.plain_greedy for state in states):
+    if mask is None and all(state.plain_greedy for state in states):
         fast: list[int] = logits.argmax(dim=-1).tolist()
         return fast
     scores = adjust_logits(logits, states)  # (B, V)
+    if mask is not None:
+        rows = _to_device(mask.rows, torch.int64, logits.device)
+        allowed = mask.allowed(scores.shape[1], logits.device)  # (R, V)
+        scores[rows] = scores[rows].masked_fill(~allowed, -math.inf)
     finite = torch.isfinite(scores.amax(dim=-1))  # (B,): NaN or +inf anywhere, or all -inf
     if not bool(finite.all()):
         raise SamplingError([i for i, ok in enumerate(finite.tolist()) if not ok])
@@ -129,6 +165,27 @@ def sample(logits: torch.Tensor, states: Sequence[SamplingState]) -> list[int]:
         token_ids[rows] = _draw(scores[rows], [states[i] for i in random_rows])
     picked: list[int] = token_ids.tolist()
     return picked
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: Sequence[int], num_top: Sequence[int]
+) -> list[TokenLogprob]:
+    """Each row's token_ids[i] log-probability and its num_top[i] most likely tokens, from
+    log_softmax of `logits` (R, V) as given: the raw model logits, before any adjustment."""
+    logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)  # (R, V)
+    device = logits.device
+    picked = logprobs.gather(1, _to_device(token_ids, torch.int64, device).unsqueeze(1))
+    k = max(num_top, default=0)
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0])
+    values, ids, own = top_values.tolist(), top_ids.tolist(), picked.squeeze(1).tolist()
+    return [
+        TokenLogprob(
+            token_id=token_id,
+            logprob=own[i],
+            top=tuple(zip(map(int, ids[i][: num_top[i]]), values[i][: num_top[i]], strict=True)),
+        )
+        for i, token_id in enumerate(token_ids)
+    ]
 
 
 def adjust_logits(logits: torch.Tensor, states: Sequence[SamplingState]) -> torch.Tensor:

@@ -121,6 +121,8 @@ class Scheduler:
             )
         if self.num_waiting >= self._max_waiting:
             raise OverloadedError(f"{self._max_waiting} requests are already waiting")
+        if request.session_id is not None:
+            self._supersede_prefills(request.session_id)
         seq = Sequence.from_request(request, arrival_index=self._num_arrivals)
         self._num_arrivals += 1
         self._seqs[request.request_id] = seq
@@ -130,6 +132,12 @@ class Scheduler:
         """Cancel at the start of the next schedule(), whatever the state. Unknown ids: ignored."""
         if request_id in self._seqs:
             self._pending_aborts[request_id] = None
+
+    def _supersede_prefills(self, session_id: str) -> None:
+        """A new request of a session makes its unfinished prefill-only requests moot."""
+        for seq in self._seqs.values():
+            if seq.request.prefill_only and seq.request.session_id == session_id:
+                self._pending_aborts[seq.request_id] = None
 
     def finish_request(
         self, request_id: str, reason: FinishReason, *, keep_kv: bool = True
@@ -205,6 +213,10 @@ class Scheduler:
                     cache_salt=seq.request.cache_salt,
                 )
             )
+            if seq.request.prefill_only and seq.num_uncomputed_tokens == 0:
+                self._finish(seq, FinishReason.PREFILLED)
+                updates.append(_update(seq, (), FinishReason.PREFILLED))
+                continue
             if not chunk.sample:
                 continue
             token_id = sampled_token_ids[chunk.request_id]
@@ -212,16 +224,7 @@ class Scheduler:
             reason = self._stop_reason(seq, token_id)
             if reason is not None:
                 self._finish(seq, reason)
-            updates.append(
-                SequenceUpdate(
-                    request_id=seq.request_id,
-                    new_token_ids=(token_id,),
-                    finish_reason=reason,
-                    num_prompt_tokens=seq.num_prompt_tokens,
-                    num_cached_tokens=seq.num_cached_tokens,
-                    num_output_tokens=seq.num_output_tokens,
-                )
-            )
+            updates.append(_update(seq, (token_id,), reason))
         return updates
 
     def _schedule_running(self, step: _Step) -> None:
@@ -278,8 +281,11 @@ class Scheduler:
                     step.finished.append(self._finish(seq, FinishReason.LENGTH))
 
     def _admit(self, seq: Sequence, step: _Step) -> bool:
+        # A scoring request needs the logits of the position before its first scored token,
+        # so the cached prefix must stop short of it.
+        lookup_len = seq.num_tokens - seq.request.num_scored_tokens
         cached_block_ids, num_cached = self._kv.find_cached_prefix(
-            seq.all_token_ids, cache_salt=seq.request.cache_salt
+            seq.all_token_ids[:lookup_len], cache_salt=seq.request.cache_salt
         )
         num_new = min(seq.num_tokens - num_cached, step.budget)
         num_blocks = self._kv.blocks_for(num_cached + num_new) - len(cached_block_ids)
@@ -297,14 +303,22 @@ class Scheduler:
         return True
 
     def _chunk(self, seq: Sequence, num_new: int) -> ScheduledChunk:
-        start = seq.num_computed_tokens
+        start, stop = seq.num_computed_tokens, seq.num_computed_tokens + num_new
+        request = seq.request
+        scored = None
+        if request.num_scored_tokens:
+            # The logits at position p score token p + 1: positions [P-N-1, P-1) of the prompt.
+            lo = max(start, seq.num_prompt_tokens - request.num_scored_tokens - 1)
+            hi = min(stop, seq.num_prompt_tokens - 1)
+            scored = (lo, hi) if lo < hi else None
         return ScheduledChunk(
             request_id=seq.request_id,
-            token_ids=tuple(seq.all_token_ids[start : start + num_new]),
+            token_ids=tuple(seq.all_token_ids[start:stop]),
             start_position=start,
             block_ids=tuple(seq.block_ids),
-            sample=start + num_new == seq.num_tokens,
+            sample=stop == seq.num_tokens and not request.prefill_only,
             seq=seq,
+            scored_positions=scored,
         )
 
     def _stop_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
@@ -344,3 +358,16 @@ class Scheduler:
             num_cached_tokens=seq.num_cached_tokens,
             num_output_tokens=seq.num_output_tokens,
         )
+
+
+def _update(
+    seq: Sequence, new_token_ids: tuple[int, ...], reason: FinishReason | None
+) -> SequenceUpdate:
+    return SequenceUpdate(
+        request_id=seq.request_id,
+        new_token_ids=new_token_ids,
+        finish_reason=reason,
+        num_prompt_tokens=seq.num_prompt_tokens,
+        num_cached_tokens=seq.num_cached_tokens,
+        num_output_tokens=seq.num_output_tokens,
+    )

@@ -112,6 +112,8 @@ class ScheduledChunk:
     block_ids: tuple[int, ...]  # the whole block table, covering start_position + len(token_ids)
     sample: bool  # this chunk reaches the end of the known tokens: sample from its last row
     seq: Sequence = field(compare=False, repr=False)
+    # Positions [lo, hi) of this chunk whose next-token logits a scoring request wants.
+    scored_positions: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

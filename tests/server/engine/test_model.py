@@ -45,12 +45,12 @@ def test_incremental_decode_equals_full_forward(tmp_path, config: TinyConfig) ->
     runner = ModelRunner(model, num_blocks=32, block_size=BLOCK)
     blocks = (5, 9, 2, 17, 11, 3, 8, 20)  # deliberately scattered
     tokens = [3, 77, 140, 12, 9, 250, 33, 61, 7, 100, 101]
-    logits, _ = runner.execute([_chunk("a", tokens, 0, blocks)])
+    logits = runner.execute([_chunk("a", tokens, 0, blocks)]).logits
     for _ in range(12):
         full = model.forward_full(torch.tensor([tokens]))[0, -1]
         assert torch.allclose(logits[0], full, atol=1e-4, rtol=0)
         tokens.append(int(logits[0].argmax()))
-        logits, _ = runner.execute([_chunk("a", tokens[-1:], len(tokens) - 1, blocks)])
+        logits = runner.execute([_chunk("a", tokens[-1:], len(tokens) - 1, blocks)]).logits
 
 
 def test_chunked_prefill_over_a_cached_prefix_equals_full_forward(tmp_path) -> None:
@@ -59,7 +59,7 @@ def test_chunked_prefill_over_a_cached_prefix_equals_full_forward(tmp_path) -> N
     blocks = (1, 4, 6, 2)
     tokens = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
     runner.execute([_chunk("a", tokens[:5], 0, blocks)])
-    logits, _ = runner.execute([_chunk("a", tokens[5:], 5, blocks)])
+    logits = runner.execute([_chunk("a", tokens[5:], 5, blocks)]).logits
     full = model.forward_full(torch.tensor([tokens]))[0, -1]
     assert torch.allclose(logits[0], full, atol=1e-4, rtol=0)
 
@@ -74,7 +74,8 @@ def test_sequences_of_different_lengths_batched_equal_alone(tmp_path) -> None:
         out: dict[str, list[torch.Tensor]] = {i: [] for i in ids}
         chunks = [_chunk(i, seqs[i], 0, tables[i]) for i in ids]
         for _ in range(steps):
-            logits, order = runner.execute(chunks)
+            step = runner.execute(chunks)
+            logits, order = step.logits, step.sampled_request_ids
             chunks = []
             for row, rid in enumerate(order):
                 out[rid].append(logits[row])
@@ -94,12 +95,13 @@ def test_decode_mixed_with_a_prefill_in_one_step(tmp_path) -> None:
     model = _model(tmp_path, TinyConfig())
     runner = ModelRunner(model, num_blocks=24, block_size=BLOCK)
     a = [9, 8, 7, 6, 5]
-    logits, _ = runner.execute([_chunk("a", a, 0, (1, 2, 3))])
+    logits = runner.execute([_chunk("a", a, 0, (1, 2, 3))]).logits
     a.append(int(logits[0].argmax()))
     b = [100, 101, 102, 103, 104, 105, 106]
-    logits, order = runner.execute(
+    step = runner.execute(
         [_chunk("a", a[-1:], len(a) - 1, (1, 2, 3)), _chunk("b", b, 0, (4, 5, 6))]
     )
+    logits, order = step.logits, step.sampled_request_ids
     assert order == ("a", "b")
     assert torch.allclose(logits[0], model.forward_full(torch.tensor([a]))[0, -1], atol=1e-4)
     assert torch.allclose(logits[1], model.forward_full(torch.tensor([b]))[0, -1], atol=1e-4)

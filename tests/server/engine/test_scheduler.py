@@ -98,6 +98,7 @@ class Harness:
         max_tokens: int = 8,
         priority: Priority = Priority.INTERACTIVE,
         session_id: str | None = None,
+        prefill_only: bool = False,
         **sampling: object,
     ) -> None:
         self.sched.add_request(
@@ -107,6 +108,7 @@ class Harness:
                 sampling=SamplingParams(max_tokens=max_tokens, **sampling),  # type: ignore[arg-type]
                 priority=priority,
                 session_id=session_id,
+                prefill_only=prefill_only,
             )
         )
         self.outputs[request_id] = []
@@ -139,7 +141,8 @@ class Harness:
             assert seq.status is SequenceStatus.RUNNING
             assert start == seq.num_computed_tokens
             assert list(chunk.token_ids) == seq.all_token_ids[start : start + len(chunk.token_ids)]
-            assert chunk.sample == (start + len(chunk.token_ids) == seq.num_tokens)
+            reaches_end = start + len(chunk.token_ids) == seq.num_tokens
+            assert chunk.sample == (reaches_end and not seq.request.prefill_only)
 
     def run(self, *, max_steps: int = 5_000) -> None:
         for _ in range(max_steps):
@@ -617,6 +620,7 @@ def test_random_aborts_leave_kv_at_baseline() -> None:
                     max_tokens=max_tokens,
                     priority=priority,
                     session_id=session_id,
+                    prefill_only=rng.random() < 0.1,
                 )
         for _, abort_at, request_id, _, _ in plan:
             if abort_at == step:
