@@ -16,13 +16,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from .engine.core import EngineStats
 from .engine.errors import EngineError, EngineRestartedError, RequestFailedError
 from .engine.llm import LLM
-from .engine.types import EngineRequest, FinishReason, RequestOutput
+from .engine.scoring import plan_score
+from .engine.types import (
+    EngineRequest,
+    FinishReason,
+    Priority,
+    RequestOutput,
+    ScoreOutput,
+    TokenLogprob,
+)
 from .engine.worker import EngineWorker
 
 log = logging.getLogger("banterbox.engine")
@@ -43,10 +51,14 @@ class StreamDelta:
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     scheduled_time: float | None = None  # when the engine first ran the request
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token_ids entry
+    prompt_logprobs: tuple[float, ...] = ()  # a scoring request's, on its finishing delta
 
     def merge(self, output: RequestOutput) -> None:
         self.text += output.text_delta
         self.token_ids.extend(output.new_token_ids)
+        self.logprobs.extend(output.logprobs)
+        self.prompt_logprobs = output.prompt_logprobs or self.prompt_logprobs
         self.finish_reason = output.finish_reason
         self.num_prompt_tokens = output.num_prompt_tokens
         self.num_cached_tokens = output.num_cached_tokens
@@ -194,6 +206,41 @@ class AsyncEngine:
         self._worker.submit(request)
         return stream
 
+    async def score(
+        self,
+        prompt_token_ids: Sequence[int],
+        candidates: Sequence[Sequence[int]],
+        *,
+        request_id: str,
+        priority: Priority = Priority.INTERACTIVE,
+        cache_salt: str = "",
+    ) -> ScoreOutput:
+        """Log-probability of each candidate after the prompt; refusals raise EngineError.
+
+        The prompt is prefilled first, alone, so that every candidate finds its blocks cached;
+        then all candidates run as one batch. Cancelling the caller aborts what is in flight.
+        """
+        plan = plan_score(
+            request_id, prompt_token_ids, candidates, priority=priority, cache_salt=cache_salt
+        )
+        streams: list[RequestStream] = []
+        try:
+            streams.append(self.submit(plan.warm))
+            warm = await _final(streams[0])
+            streams.extend(self.submit(request) for request in plan.candidates)
+            finals = [await _final(stream) for stream in streams[1:]]
+        finally:
+            for stream in streams:
+                if not stream.finished:
+                    stream.abandon()
+        return plan.result(
+            _as_output(plan.warm.request_id, warm),
+            {
+                s.request_id: _as_output(s.request_id, f)
+                for s, f in zip(streams[1:], finals, strict=True)
+            },
+        )
+
     def abort(self, request_id: str) -> None:
         self._worker.abort(request_id)
 
@@ -259,3 +306,24 @@ class AsyncEngine:
         self._num_restarts += 1
         self._restarting = False
         log.warning("engine restarted (%d restarts so far)", self._num_restarts)
+
+
+async def _final(stream: RequestStream) -> StreamDelta:
+    """The last delta of a prefill-only stream (it samples nothing: the counts are all)."""
+    final = StreamDelta()
+    async for delta in stream:
+        final = delta
+    return final
+
+
+def _as_output(request_id: str, delta: StreamDelta) -> RequestOutput:
+    return RequestOutput(
+        request_id=request_id,
+        new_token_ids=tuple(delta.token_ids),
+        text_delta=delta.text,
+        finish_reason=delta.finish_reason,
+        num_prompt_tokens=delta.num_prompt_tokens,
+        num_cached_tokens=delta.num_cached_tokens,
+        num_output_tokens=delta.num_output_tokens,
+        prompt_logprobs=delta.prompt_logprobs,
+    )

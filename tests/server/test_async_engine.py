@@ -162,3 +162,27 @@ async def test_a_crash_loop_leaves_the_engine_down(model_path, monkeypatch) -> N
             engine.submit(engine.llm.new_request([1, 2], SAMPLING))
     finally:
         await engine.stop()
+
+
+async def test_score_equals_the_synchronous_score(engine) -> None:
+    prompt, candidates = list(range(40, 90)), [[3], [4, 5, 6]]
+    result = await engine.score(prompt, candidates, request_id="sc")
+    llm = LLM.load(engine.llm.info.path, EngineConfig(num_threads=1))
+    expected = llm.score(prompt, candidates)
+    assert result.logprobs == pytest.approx(expected.logprobs, abs=1e-5)
+    again = await engine.score(prompt, candidates, request_id="sc")
+    assert again.num_cached_tokens == 48 and result.num_prompt_tokens == 50
+    assert engine.num_active == 0
+
+
+async def test_a_cancelled_score_leaves_nothing_running(engine) -> None:
+    task = asyncio.create_task(engine.score(list(range(300)), [[1]] * 4, request_id="c"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):
+        if not engine.llm.core.has_unfinished():
+            break
+        await asyncio.sleep(0.01)
+    assert not engine.llm.core.has_unfinished() and engine.num_active == 0
