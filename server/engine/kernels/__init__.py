@@ -1,11 +1,14 @@
-"""Builds and loads the C++ quantized-matmul extension (quant.cpp). Touches no model state."""
+"""Builds and loads the C++ quantized-matmul kernels (quant.cpp) as torch.ops.banterbox.*.
+Touches no model state."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from pathlib import Path
-from types import ModuleType
+from typing import Any
+
+import torch
 
 from ..errors import ModelLoadError
 
@@ -20,21 +23,23 @@ def build_directory() -> Path:
 
 
 @functools.cache
-def load(*, verbose: bool = False) -> ModuleType:
-    """The compiled extension, built with ninja on first use (seconds) and cached after."""
+def load(*, verbose: bool = False) -> Any:
+    """torch.ops.banterbox (qmatmul, dequantize), built with ninja on first use (a minute) and
+    only checked after."""
     from torch.utils.cpp_extension import load as load_extension
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        module: ModuleType = load_extension(
+        load_extension(
             name="banterbox_quant",
             sources=[str(SOURCE)],
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(directory),
+            is_python_module=False,
             verbose=verbose,
         )
     except (RuntimeError, OSError, ImportError) as exc:
         raise ModelLoadError(f"cannot build the quantized-matmul kernels: {exc}") from exc
-    return module
+    return torch.ops.banterbox
