@@ -12,9 +12,10 @@ import json
 import math
 import random
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -39,16 +40,18 @@ SAMPLING_FIELDS = (
     "frequency_penalty", "seed", "logit_bias",
 )  # fmt: skip
 # Spec-legal values at the edges of each sampling field's range.
-LEGAL_EXTREMES: dict[str, tuple[object, ...]] = {
-    "temperature": (1e-50, 1e-40, 5e-324, 1e-300, 1e-7, 100.0, 0, -0.0),
-    "top_p": (5e-324, 1e-50, 1e-300, 1.0),
-    "top_k": (1, 2**31 - 1, 0),
-    "min_p": (1.0, 5e-324, 1e-50, 0.999999),
-    "repetition_penalty": (1e-300, 5e-324, 1e-50, 1e-40, 100.0),
-    "presence_penalty": (-2.0, 2.0, 5e-324, -0.0),
-    "frequency_penalty": (-2.0, 2.0, 5e-324, -0.0),
-    "seed": (0, 2**63 - 1),
-}
+LEGAL_EXTREMES: Mapping[str, tuple[object, ...]] = MappingProxyType(
+    {
+        "temperature": (1e-50, 1e-40, 5e-324, 1e-300, 1e-7, 100.0, 0, -0.0),
+        "top_p": (5e-324, 1e-50, 1e-300, 1.0),
+        "top_k": (1, 2**31 - 1, 0),
+        "min_p": (1.0, 5e-324, 1e-50, 0.999999),
+        "repetition_penalty": (1e-300, 5e-324, 1e-50, 1e-40, 100.0),
+        "presence_penalty": (-2.0, 2.0, 5e-324, -0.0),
+        "frequency_penalty": (-2.0, 2.0, 5e-324, -0.0),
+        "seed": (0, 2**63 - 1),
+    }
+)
 SESSION_POOL = tuple(f"fz-{i}" for i in range(6))
 PLUGIN_TYPES = ("chat.say", "npc.say", "mod.check", "session.nope", "a.b")
 CORE_TYPES = ("hello", "session.open", "session.resume", "session.close", "generate", "cancel")

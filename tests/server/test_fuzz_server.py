@@ -17,7 +17,7 @@ from bench.fuzz_run import FuzzRun, RunSettings, http_get, normal_turn
 from server.app import BanterboxServer
 
 SEED = 20261201
-NUM_FRAMES = 5000
+NUM_FRAMES = 8000  # about a minute on two cores
 # Small frames keep the near-limit cases (a frame of max_frame_bytes, 4x that to be refused
 # by the WebSocket layer) cheap; every other limit is the default.
 CONFIG = fast_config(limits={"max_frame_bytes": 65536})
