@@ -23,6 +23,7 @@ class Limits:
     max_logit_bias: int = 1024  # generate.sampling.logit_bias entries
     max_metadata_entries: int = 64  # session.open.metadata entries
     max_generate_tokens: int = 8192  # the largest generate.max_tokens accepted
+    max_candidates: int = 64  # score.candidates entries, and generate.constraint.choice's
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -7,7 +7,8 @@ SPEC.md says so (`id`, and the `usage` counts). Constructors do not validate: de
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
@@ -33,6 +34,16 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_tokens or the model's context window
     CANCELLED = "cancelled"  # cancel frame, disconnect or shutdown
+    PREFILLED = "prefilled"  # generate.prefill_only: the prompt's KV is cached, nothing sampled
+
+
+class ConstraintKind(enum.StrEnum):
+    """The one key of a generate.constraint map."""
+
+    REGEX = "regex"  # the whole output matches the regular expression (Rust regex syntax)
+    JSON_SCHEMA = "json_schema"  # the output is one JSON value valid under the schema
+    GRAMMAR = "grammar"  # a Lark (llguidance dialect) or GBNF grammar
+    CHOICE = "choice"  # the output is exactly one of the strings
 
 
 # --- parts ---------------------------------------------------------------------------------
@@ -57,6 +68,42 @@ class Sampling:
     frequency_penalty: float | None = None  # [-2, 2]
     seed: int | None = None  # [0, 2**63)
     logit_bias: Mapping[int, float] | None = None  # token id -> bias in [-100, 100]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a turn's output must match. `source` is the regex, the grammar, or the schema as
+    JSON text (its key order kept: the output lists properties in that order); `choices` are
+    the strings of a CHOICE. Build one with the class methods."""
+
+    kind: ConstraintKind
+    source: str = ""
+    choices: tuple[str, ...] = ()
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        return cls(ConstraintKind.REGEX, pattern)
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, object]) -> Constraint:
+        return cls(ConstraintKind.JSON_SCHEMA, json.dumps(schema, allow_nan=False))
+
+    @classmethod
+    def grammar(cls, grammar: str) -> Constraint:
+        return cls(ConstraintKind.GRAMMAR, grammar)
+
+    @classmethod
+    def choice(cls, choices: Sequence[str]) -> Constraint:
+        return cls(ConstraintKind.CHOICE, choices=tuple(choices))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenLogprob:
+    """A sampled token's log-probability and the top alternatives at its step."""
+
+    token_id: int  # wire: id
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +165,22 @@ class Generate:
     priority: Priority = Priority.INTERACTIVE
     return_token_ids: bool = False
     sampling: Sampling | None = None
+    constraint: Constraint | None = None
+    logprobs: int | None = None  # 0..20: each token's logprob and its top N alternatives
+    prefill_only: bool = False  # cache the prompt's KV, sample nothing; done says "prefilled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Score:
+    """Log-probabilities of candidate continuations of a prompt (an LLM judge's yes / no)."""
+
+    TYPE: ClassVar[str] = "score"
+    request_id: str
+    session_id: str | None = None  # the prompt continues this session (which stays unchanged)
+    messages: tuple[ChatMessage, ...] | None = None  # exactly one of messages and prompt
+    prompt: str | None = None
+    candidates: tuple[str, ...]
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +239,7 @@ class Delta:
     seq: int  # 0, 1, 2, ... per request
     text: str
     token_ids: tuple[int, ...] | None = None  # only when generate.return_token_ids
+    logprobs: tuple[TokenLogprob, ...] | None = None  # only when generate.logprobs; per token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +249,14 @@ class Done:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scores:
+    TYPE: ClassVar[str] = "scores"
+    request_id: str
+    logprobs: tuple[float, ...]  # per candidate, in order: the sum over its tokens
+    usage: Usage  # completion_tokens is 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,15 +277,19 @@ class ErrorFrame:
         )
 
 
-ClientFrame = Hello | SessionOpen | SessionResume | SessionClose | Generate | Cancel | PluginFrame
-ServerFrame = Welcome | SessionInfo | SessionClosed | Delta | Done | ErrorFrame | PluginFrame
+ClientFrame = (
+    Hello | SessionOpen | SessionResume | SessionClose | Generate | Score | Cancel | PluginFrame
+)
+ServerFrame = (
+    Welcome | SessionInfo | SessionClosed | Delta | Done | Scores | ErrorFrame | PluginFrame
+)
 Frame = ClientFrame | ServerFrame
 
 CLIENT_TYPES: frozenset[str] = frozenset(
-    cls.TYPE for cls in (Hello, SessionOpen, SessionResume, SessionClose, Generate, Cancel)
+    cls.TYPE for cls in (Hello, SessionOpen, SessionResume, SessionClose, Generate, Score, Cancel)
 )
 SERVER_TYPES: frozenset[str] = frozenset(
-    cls.TYPE for cls in (Welcome, SessionInfo, SessionClosed, Delta, Done, ErrorFrame)
+    cls.TYPE for cls in (Welcome, SessionInfo, SessionClosed, Delta, Done, Scores, ErrorFrame)
 )
 # Plugin types may not live in a namespace the core uses.
 RESERVED_NAMESPACES = frozenset({"session"})

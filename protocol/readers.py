@@ -5,6 +5,7 @@ Unknown fields are ignored so that newer peers can add fields (SPEC.md, "Version
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -16,6 +17,8 @@ from protocol.messages import (
     Cancel,
     ChatMessage,
     ClientFrame,
+    Constraint,
+    ConstraintKind,
     Delta,
     Done,
     ErrorFrame,
@@ -25,6 +28,8 @@ from protocol.messages import (
     Priority,
     Role,
     Sampling,
+    Score,
+    Scores,
     ServerFrame,
     SessionClose,
     SessionClosed,
@@ -32,6 +37,7 @@ from protocol.messages import (
     SessionOpen,
     SessionResume,
     Timings,
+    TokenLogprob,
     Usage,
     Welcome,
 )
@@ -40,6 +46,7 @@ Raw = dict[object, object]
 _U31 = (1 << 31) - 1
 _U63 = (1 << 63) - 1
 _MS_MAX = 1e12  # about 30 years: anything above is a broken clock, not a timing
+MAX_LOGPROBS = 20  # generate.logprobs: the most alternatives per token
 
 
 def _request_id(raw: Raw, limits: Limits) -> str:
@@ -157,7 +164,29 @@ def _max_tokens(value: object, path: str, limits: Limits) -> int:
     return max_tokens
 
 
-def read_generate(raw: Raw, limits: Limits) -> Generate:
+def _constraint(value: object, path: str, limits: Limits) -> Constraint:
+    raw = v.mapping(value, path)
+    kinds = [kind for kind in ConstraintKind if kind.value in raw]
+    if len(kinds) != 1:
+        names = ", ".join(kind.value for kind in ConstraintKind)
+        raise v.invalid(path, f"give exactly one of {names}")
+    kind = kinds[0]
+    field = f"{path}.{kind.value}"
+    text = v.string(max_chars=limits.max_string_chars, non_empty=True)
+    if kind is ConstraintKind.CHOICE:
+        choice = v.list_of(text, max_items=limits.max_candidates, min_items=1)
+        return Constraint(kind, choices=v.required(raw, path, kind.value, choice))
+    if kind is ConstraintKind.JSON_SCHEMA:
+        schema = v.required(raw, path, kind.value, v.mapping)
+        v.json_compatible(schema, field)
+        # Text keeps the frame hashable; json.dumps keeps the schema's key order.
+        return Constraint(kind, json.dumps(schema, ensure_ascii=False, allow_nan=False))
+    return Constraint(kind, v.required(raw, path, kind.value, text))
+
+
+def _messages_or_prompt(
+    raw: Raw, limits: Limits
+) -> tuple[tuple[ChatMessage, ...] | None, str | None]:
     message = v.list_of(
         lambda x, p: _chat_message(x, p, limits), max_items=limits.max_messages, min_items=1
     )
@@ -165,6 +194,11 @@ def read_generate(raw: Raw, limits: Limits) -> Generate:
     prompt = v.optional(raw, "", "prompt", v.string(max_chars=limits.max_string_chars))
     if (messages is None) == (prompt is None):
         raise v.invalid("messages", "give exactly one of messages and prompt")
+    return messages, prompt
+
+
+def read_generate(raw: Raw, limits: Limits) -> Generate:
+    messages, prompt = _messages_or_prompt(raw, limits)
     stop = v.list_of(
         v.string(max_chars=limits.max_name_chars, non_empty=True), max_items=limits.max_stop_strings
     )
@@ -180,6 +214,29 @@ def read_generate(raw: Raw, limits: Limits) -> Generate:
         priority=v.optional(raw, "", "priority", v.choice(Priority)) or Priority.INTERACTIVE,
         return_token_ids=v.optional(raw, "", "return_token_ids", v.boolean) or False,
         sampling=v.optional(raw, "", "sampling", lambda x, p: _sampling(x, p, limits)),
+        constraint=v.optional(raw, "", "constraint", lambda x, p: _constraint(x, p, limits)),
+        logprobs=v.optional(raw, "", "logprobs", v.integer(lo=0, hi=MAX_LOGPROBS)),
+        prefill_only=v.optional(raw, "", "prefill_only", v.boolean) or False,
+    )
+
+
+def read_score(raw: Raw, limits: Limits) -> Score:
+    messages, prompt = _messages_or_prompt(raw, limits)
+    candidate = v.string(max_chars=limits.max_string_chars, non_empty=True)
+    return Score(
+        request_id=_request_id(raw, limits),
+        session_id=v.optional(
+            raw, "", "session_id", v.identifier(max_chars=limits.max_session_id_chars)
+        ),
+        messages=messages,
+        prompt=prompt,
+        candidates=v.required(
+            raw,
+            "",
+            "candidates",
+            v.list_of(candidate, max_items=limits.max_candidates, min_items=1),
+        ),
+        priority=v.optional(raw, "", "priority", v.choice(Priority)) or Priority.INTERACTIVE,
     )
 
 
@@ -190,6 +247,7 @@ CLIENT_READERS: Mapping[str, Callable[[Raw, Limits], ClientFrame]] = MappingProx
         SessionResume.TYPE: read_session_resume,
         SessionClose.TYPE: read_session_close,
         Generate.TYPE: read_generate,
+        Score.TYPE: read_score,
         Cancel.TYPE: read_cancel,
     }
 )
@@ -233,13 +291,33 @@ def read_session_closed(raw: Raw, limits: Limits) -> SessionClosed:
     return SessionClosed(request_id=_request_id(raw, limits), session_id=_session_id(raw, limits))
 
 
+_LOGPROB = v.number(lo=-1e30, hi=0.0)  # log-probabilities are <= 0; -inf is sent as -1e30
+
+
+def _top_entry(value: object, path: str) -> tuple[int, float]:
+    pair = v.array(max_items=2, min_items=2)(value, path)
+    return v.integer(lo=0, hi=_U31)(pair[0], f"{path}[0]"), _LOGPROB(pair[1], f"{path}[1]")
+
+
+def _token_logprob(value: object, path: str) -> TokenLogprob:
+    raw = v.mapping(value, path)
+    top = v.list_of(_top_entry, max_items=MAX_LOGPROBS)
+    return TokenLogprob(
+        token_id=v.required(raw, path, "id", v.integer(lo=0, hi=_U31)),
+        logprob=v.required(raw, path, "logprob", _LOGPROB),
+        top=v.optional(raw, path, "top", top) or (),
+    )
+
+
 def read_delta(raw: Raw, limits: Limits) -> Delta:
     token_ids = v.list_of(v.integer(lo=0, hi=_U31), max_items=limits.max_items)
+    logprobs = v.list_of(_token_logprob, max_items=limits.max_items)
     return Delta(
         request_id=_request_id(raw, limits),
         seq=v.required(raw, "", "seq", v.integer(lo=0, hi=_U63)),
         text=v.required(raw, "", "text", v.string(max_chars=limits.max_string_chars)),
         token_ids=v.optional(raw, "", "token_ids", token_ids),
+        logprobs=v.optional(raw, "", "logprobs", logprobs),
     )
 
 
@@ -272,6 +350,16 @@ def read_done(raw: Raw, limits: Limits) -> Done:
     )
 
 
+def read_scores(raw: Raw, limits: Limits) -> Scores:
+    return Scores(
+        request_id=_request_id(raw, limits),
+        logprobs=v.required(
+            raw, "", "logprobs", v.list_of(_LOGPROB, max_items=limits.max_candidates, min_items=1)
+        ),
+        usage=v.required(raw, "", "usage", _usage),
+    )
+
+
 def read_error(raw: Raw, limits: Limits) -> ErrorFrame:
     return ErrorFrame(
         request_id=v.optional(raw, "", "id", v.identifier(max_chars=limits.max_request_id_chars)),
@@ -288,6 +376,7 @@ SERVER_READERS: Mapping[str, Callable[[Raw, Limits], ServerFrame]] = MappingProx
         SessionClosed.TYPE: read_session_closed,
         Delta.TYPE: read_delta,
         Done.TYPE: read_done,
+        Scores.TYPE: read_scores,
         ErrorFrame.TYPE: read_error,
     }
 )

@@ -6,11 +6,14 @@ one frame has one canonical encoding, which the golden vectors pin down.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from protocol.messages import (
     Cancel,
     ChatMessage,
+    Constraint,
+    ConstraintKind,
     Delta,
     Done,
     ErrorFrame,
@@ -19,11 +22,15 @@ from protocol.messages import (
     Hello,
     PluginFrame,
     Sampling,
+    Score,
+    Scores,
     SessionClose,
     SessionClosed,
     SessionInfo,
     SessionOpen,
     SessionResume,
+    TokenLogprob,
+    Usage,
     Welcome,
 )
 
@@ -67,6 +74,31 @@ def _sampling(sampling: Sampling) -> Wire:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def _constraint(constraint: Constraint) -> Wire:
+    if constraint.kind is ConstraintKind.CHOICE:
+        return {constraint.kind.value: list(constraint.choices)}
+    if constraint.kind is ConstraintKind.JSON_SCHEMA:
+        schema: object = json.loads(constraint.source)
+        return {constraint.kind.value: schema}
+    return {constraint.kind.value: constraint.source}
+
+
+def _logprob(entry: TokenLogprob) -> Wire:
+    return {
+        "id": entry.token_id,
+        "logprob": entry.logprob,
+        "top": [[token_id, logprob] for token_id, logprob in entry.top],
+    }
+
+
+def _usage(usage: Usage) -> Wire:
+    return {
+        "prompt_tokens": usage.num_prompt_tokens,
+        "cached_tokens": usage.num_cached_tokens,
+        "completion_tokens": usage.num_completion_tokens,
+    }
+
+
 def _generate(frame: Generate) -> Wire:
     messages = None if frame.messages is None else [_message(m) for m in frame.messages]
     return _map(
@@ -80,15 +112,28 @@ def _generate(frame: Generate) -> Wire:
         priority=frame.priority.value,
         return_token_ids=frame.return_token_ids,
         sampling=None if frame.sampling is None else _sampling(frame.sampling),
+        constraint=None if frame.constraint is None else _constraint(frame.constraint),
+        logprobs=frame.logprobs,
+        # Written only when set, so that frames without it keep their canonical bytes.
+        prefill_only=frame.prefill_only or None,
+    )
+
+
+def _score(frame: Score) -> Wire:
+    messages = None if frame.messages is None else [_message(m) for m in frame.messages]
+    return _map(
+        frame.TYPE,
+        frame.request_id,
+        session_id=frame.session_id,
+        messages=messages,
+        prompt=frame.prompt,
+        candidates=frame.candidates,
+        priority=frame.priority.value,
     )
 
 
 def _done(frame: Done) -> Wire:
-    usage = {
-        "prompt_tokens": frame.usage.num_prompt_tokens,
-        "cached_tokens": frame.usage.num_cached_tokens,
-        "completion_tokens": frame.usage.num_completion_tokens,
-    }
+    usage = _usage(frame.usage)
     timings = {
         "queue_ms": frame.timings.queue_ms,
         "ttft_ms": frame.timings.ttft_ms,
@@ -130,6 +175,8 @@ def to_wire(frame: Frame) -> Wire:
             return _map(frame.TYPE, frame.request_id, session_id=frame.session_id)
         case Generate():
             return _generate(frame)
+        case Score():
+            return _score(frame)
         case Cancel():
             return _map(frame.TYPE, frame.request_id)
         case PluginFrame():
@@ -160,9 +207,14 @@ def to_wire(frame: Frame) -> Wire:
                 seq=frame.seq,
                 text=frame.text,
                 token_ids=frame.token_ids,
+                logprobs=None if frame.logprobs is None else [_logprob(e) for e in frame.logprobs],
             )
         case Done():
             return _done(frame)
+        case Scores():
+            return _map(
+                frame.TYPE, frame.request_id, logprobs=frame.logprobs, usage=_usage(frame.usage)
+            )
         case ErrorFrame():
             return {
                 "type": frame.TYPE,
