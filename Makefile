@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 # after that this only checks they are current.
 setup: $(STAMP)
 	$(PY) -m server.engine.kernels
+	# The fleet's store and the store tests run a real redis-server (Debian's package).
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 
 model: setup
 	$(VENV)/bin/banterbox pull

@@ -1,0 +1,39 @@
+"""Store backends for the shared suite: memory, SQLite in a temporary folder, a real Redis."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer
+
+from server.store import MemoryStore, SqliteStore, Store
+from server.store.redis_store import RedisStore
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    backend: Store
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SqliteStore(tmp_path / "data" / "banterbox.db")
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        # A prefix per test: tests share one Redis and never see each other's keys.
+        backend = RedisStore(redis.url, prefix=f"test-{secrets.token_hex(4)}:")
+    try:
+        yield backend
+    finally:
+        await backend.close()

@@ -1,0 +1,136 @@
+"""One suite, every backend (memory, SQLite, a real Redis): sessions, values, counters, logs,
+topics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import MappingProxyType
+
+import pytest
+
+from server.store import SessionRecord, Store, StoreValueError
+
+NS = "plugin\x1fmod\x1ftenant-a"
+
+
+def record(session_id: str = "npc-7", *, tenant: str = "a", ttl_s: float = 3600) -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        tenant=tenant,
+        session_id=session_id,
+        metadata=MappingProxyType({"system": "Be brief.", "ключ": "значение"}),
+        messages=(("user", "Hi \U0001f600"), ("assistant", "Hello.")),
+        # Any Python string comes back: a lone surrogate, NUL, every plane.
+        transcript_text="<|im_start|>user\nHi \U0001f600\ud800\x00<|im_end|>",
+        transcript_token_ids=(1, 258, 0, 2**32 - 1, 49151),
+        num_turns=1,
+        last_used=now,
+        expires_at=now + ttl_s,
+    )
+
+
+async def test_a_session_comes_back_exactly(store: Store) -> None:
+    saved = record()
+    await store.save_session(saved)
+    assert await store.load_session("a", "npc-7") == saved
+    assert await store.load_session("b", "npc-7") is None  # tenants never share
+    newer = SessionRecord(**{**saved.__dict__, "num_turns": 2, "messages": ()})
+    await store.save_session(newer)
+    assert await store.load_session("a", "npc-7") == newer
+
+
+async def test_sessions_are_listed_per_tenant_deleted_and_expire(store: Store) -> None:
+    for sid in ("s2", "s1", "s*[x"):  # glob characters are ids like any other
+        await store.save_session(record(sid))
+    await store.save_session(record("other", tenant="b"))
+    await store.save_session(record("stale", ttl_s=-1))
+    assert await store.list_sessions("a") == ["s*[x", "s1", "s2"]
+    assert await store.load_session("a", "stale") is None
+    await store.expire(time.time())
+    assert await store.delete_session("a", "s1")
+    assert not await store.delete_session("a", "s1")
+    assert await store.list_sessions("a") == ["s*[x", "s2"]
+    assert await store.list_sessions("b") == ["other"]
+
+
+async def test_values_are_json_namespaced_and_expire(store: Store) -> None:
+    value = {"strikes": [1, 2.5, None, True], "name": "Zoë"}
+    await store.set(NS, "user:1", value)
+    assert await store.get(NS, "user:1") == value
+    assert await store.get("plugin\x1fmod\x1ftenant-b", "user:1") is None
+    assert await store.get(NS, "missing") is None
+    await store.set(NS, "brief", "gone soon", ttl_s=0.05)
+    await asyncio.sleep(0.2)
+    assert await store.get(NS, "brief") is None
+    assert await store.list(NS) == ["user:1"]
+    with pytest.raises(StoreValueError):
+        await store.set(NS, "bad", {"x": float("nan")})
+    with pytest.raises(StoreValueError):
+        await store.set(NS, "bad", {1, 2})  # type: ignore[arg-type]
+    with pytest.raises(StoreValueError):
+        await store.set(NS, "bad", 1, ttl_s=0)
+
+
+async def test_list_by_prefix_delete_takes_value_and_log(store: Store) -> None:
+    for key in ("user:1", "user:2", "user*", "hold:1"):
+        await store.set(NS, key, 1)
+    await store.append(NS, "user:log", "entry")
+    assert await store.list(NS, "user") == ["user*", "user:1", "user:2", "user:log"]
+    assert await store.list(NS, "user*") == ["user*"]
+    assert await store.delete(NS, "user:log")
+    assert not await store.delete(NS, "user:log")
+    assert await store.list(NS, "user:") == ["user:1", "user:2"]
+
+
+async def test_incr_is_atomic_and_its_ttl_is_the_window_of_the_first(store: Store) -> None:
+    results = await asyncio.gather(*(store.incr(NS, "strikes") for _ in range(200)))
+    assert sorted(results) == list(range(1, 201))
+    assert await store.get(NS, "strikes") == 200
+    assert await store.incr(NS, "strikes", -50) == 150
+    assert await store.incr(NS, "window", 1, ttl_s=0.3) == 1
+    await asyncio.sleep(0.15)
+    assert await store.incr(NS, "window", 1, ttl_s=0.3) == 2  # does not extend the window
+    await asyncio.sleep(0.3)
+    assert await store.get(NS, "window") is None
+    await store.set(NS, "text", "abc")
+    with pytest.raises(StoreValueError):
+        await store.incr(NS, "text")
+    await store.set(NS, "big", 2**63 - 1)
+    with pytest.raises(StoreValueError):
+        await store.incr(NS, "big")
+
+
+async def test_logs_append_trim_and_range_inclusively(store: Store) -> None:
+    for i in range(10):
+        await store.append(NS, "audit", {"i": i}, max_len=5)
+    assert await store.range(NS, "audit") == [{"i": i} for i in range(5, 10)]
+    assert await store.range(NS, "audit", 0, 1) == [{"i": 5}, {"i": 6}]
+    assert await store.range(NS, "audit", -2, -1) == [{"i": 8}, {"i": 9}]
+    assert await store.range(NS, "audit", 3, 100) == [{"i": 8}, {"i": 9}]
+    assert await store.range(NS, "audit", -100, 0) == [{"i": 5}]
+    assert await store.range(NS, "audit", 4, 2) == []
+    assert await store.range(NS, "missing") == []
+    await store.append(NS, "unbounded", 1)
+    await store.append(NS, "unbounded", [2])
+    assert await store.range(NS, "unbounded") == [1, [2]]
+
+
+async def test_topics_deliver_in_order_within_their_namespace(store: Store) -> None:
+    subscription = await store.subscribe(NS, "scene:1")
+    other = await store.subscribe("plugin\x1fmod\x1ftenant-b", "scene:1")
+    assert await store.publish(NS, "scene:1", {"n": 1}) == 1
+    await store.publish(NS, "scene:1", {"n": 2})
+    await store.publish(NS, "scene:2", {"n": 3})
+    got = [await asyncio.wait_for(anext(subscription), 5) for _ in range(2)]
+    assert got == [{"n": 1}, {"n": 2}]
+    await subscription.aclose()
+    assert await store.publish(NS, "scene:1", {"n": 4}) == 0
+    await other.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(other)
+
+
+async def test_ping_writes(store: Store) -> None:
+    await store.ping()
+    assert store.available and store.last_error == ""
