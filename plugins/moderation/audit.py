@@ -1,0 +1,83 @@
+"""The audit log and the review queue of held messages, over the store. Knows Store only.
+
+Every non-allow verdict and every moderator decision is one entry appended to the channel's
+log (who, what, which rules, which score, when). A held message waits under a key with the
+channel's `hold_s` TTL: a review finds it, or it expires and counts as denied without a strike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .store import Store
+
+DECISIONS = ("approve", "deny")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditQuery:
+    user_id: str | None = None
+    action: str | None = None  # a verdict action or a decision ("approve", "deny")
+    since: float = 0.0  # unix seconds
+    limit: int = 100  # newest first
+
+
+def audit_key(channel: str) -> str:
+    return f"audit:{channel}"
+
+
+def hold_key(channel: str, message_id: str) -> str:
+    return f"hold:{channel}:{message_id}"
+
+
+async def record(
+    store: Store, channel: str, entry: Mapping[str, object], *, max_entries: int = 100_000
+) -> None:
+    """Append to the channel's log; past `max_entries` the oldest go (storage stays bounded)."""
+    await store.append(audit_key(channel), dict(entry), max_len=max_entries)
+
+
+async def query(
+    store: Store, channel: str, q: AuditQuery, *, max_scan: int = 10_000
+) -> list[dict[str, object]]:
+    """Entries matching `q`, newest first; looks at the newest `max_scan` entries only."""
+    entries = await store.range(audit_key(channel), -max_scan, -1)
+    found: list[dict[str, object]] = []
+    for entry in reversed(entries):
+        if not isinstance(entry, dict):
+            continue
+        at = entry.get("at", 0.0)
+        if q.user_id is not None and entry.get("user_id") != q.user_id:
+            continue
+        if q.action is not None and q.action not in (entry.get("action"), entry.get("decision")):
+            continue
+        if isinstance(at, int | float) and at < q.since:
+            break  # appended in time order: the rest are older
+        found.append(entry)
+        if len(found) >= q.limit:
+            break
+    return found
+
+
+async def hold(store: Store, channel: str, held: Mapping[str, object], *, hold_s: float) -> None:
+    await store.set(hold_key(channel, str(held["message_id"])), dict(held), ttl_s=hold_s)
+
+
+async def take_hold(store: Store, channel: str, message_id: str) -> dict[str, object] | None:
+    """The held message, removed from the queue; None if it expired or was reviewed."""
+    key = hold_key(channel, message_id)
+    found = await store.get(key)
+    if not isinstance(found, dict):
+        return None
+    await store.delete(key)
+    return found
+
+
+async def pending(store: Store, channel: str) -> list[dict[str, object]]:
+    held = []
+    for key in await store.list(hold_key(channel, "")):
+        found = await store.get(key)
+        if isinstance(found, dict):
+            held.append(found)
+    return sorted(held, key=lambda h: float(h.get("at", 0.0)))

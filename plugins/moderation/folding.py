@@ -1,0 +1,88 @@
+"""Obfuscation folding: text to the canonical words that rules and the lexicon match. Pure.
+
+Both sides are folded the same way, so a term matches every spelling that folds to its own
+folding: NFKC and case folding, combining marks dropped (accents, zalgo), look-alike letters
+mapped (confusables.py), leetspeak decoded inside words ("ph4ggot", "sh!t"), runs of one
+letter collapsed ("fuuuck" and "fuck" both fold to "fuck"; "kill" folds to "kil"), and runs
+of single letters joined ("f.u.c.k", "k y s").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from .confusables import CONFUSABLES
+
+_LEET = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a",
+     "$": "s", "!": "i", "|": "l", "+": "t", "€": "e", "(": "c"}
+)  # fmt: skip
+_LEET_SYMBOLS = "@$!|+€("
+# A token is a run of letters, digits and the symbols leetspeak writes letters with.
+_TOKEN = re.compile(r"[^\W_]+(?:[@$!|+€(][^\W_]*)*|[@$!|+€(]+[^\W_]+[^\W_@$!|+€(]*", re.UNICODE)
+_REPEATS = re.compile(r"(.)\1+")
+_PH = re.compile(r"ph")
+_MIN_SINGLES_JOINED = 3  # "f u c k" joins; "u r" (two) stays apart: it is how chat writes "you are"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Folded:
+    """A message as the matchers see it."""
+
+    lowered: str  # NFKC + casefold of the original: what channel regexes run on
+    words: tuple[str, ...]  # folded words
+    joined: str  # " " + " ".join(words) + " ": phrases match as " kil yourself "
+
+
+def lower(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def fold_word(token: str) -> str:
+    """One token's canonical spelling; assumes it is already lowered."""
+    if token.startswith("@"):  # a mention ("@streamer"), not an "a"
+        token = token.lstrip("@")
+    letters = "".join(CONFUSABLES.get(ch, ch) for ch in _strip_marks(token))
+    if any(ch.isalpha() for ch in letters):
+        letters = letters.strip("!|+(").translate(_LEET)
+    return _REPEATS.sub(r"\1", _PH.sub("f", letters))
+
+
+def fold(text: str) -> Folded:
+    lowered = lower(text)
+    words = _join_singles([fold_word(token) for token in _TOKEN.findall(_strip_marks(lowered))])
+    return Folded(lowered=lowered, words=words, joined=f" {' '.join(words)} ")
+
+
+def fold_phrase(phrase: str) -> str:
+    """A term or lexicon phrase folded like messages are, `*` wildcards kept."""
+    parts = [
+        "*".join(fold_word(piece) for piece in word.split("*")) for word in lower(phrase).split()
+    ]
+    return " ".join(part for part in parts if part)
+
+
+def _strip_marks(text: str) -> str:
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _join_singles(words: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    run: list[str] = []
+    for word in [*words, ""]:
+        if len(word) == 1:
+            run.append(word)
+            continue
+        if len(run) >= _MIN_SINGLES_JOINED:
+            out.append(_REPEATS.sub(r"\1", "".join(run)))
+        else:
+            out.extend(run)
+        run = []
+        if word:
+            out.append(word)
+    return tuple(out)

@@ -1,0 +1,298 @@
+"""The `moderation` plugin: mod.* frames in, verdicts and events out. Imports plugins.api,
+protocol and this package only; never the server.
+
+It keeps no moderation state of its own: policies, counters, strikes, holds and the audit log
+live in the store the server lends (`ctx.store`, per plugin and tenant), and `mod.action`
+events go through the server's topics (`mod:CHANNEL`). What it keeps is derived: compiled
+policies (a cache of the store's) and the classifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+from plugins.api import SCOPE_MODERATE, BasePlugin, PluginContext, PluginHost
+from protocol import PluginFrame
+
+from .audit import DECISIONS, AuditQuery, hold, pending, query, record, take_hold
+from .batcher import MicroBatcher
+from .cascade import Cascade, Message
+from .categorize import Lexicon
+from .judge import Judge, Ruling
+from .policy import ChannelPolicy, PolicyError, parse_policy, policy_to_wire
+from .profanity import ProfanityModel
+from .rules import CompiledChannel
+from .settings import ModerationSettings
+from .state import PERMIT_S, grant_permit, strike
+from .store import Store
+from .verdict import Action, Verdict
+from .wire import FrameReader, WireLimits, answer, verdict_payload
+
+FRAME_TYPES = frozenset(
+    {"mod.check", "mod.check_batch", "mod.config", "mod.review", "mod.audit", "mod.subscribe"}
+)
+Channel = tuple[str, str]  # (tenant, channel)
+
+
+class ModerationPlugin(BasePlugin):
+    name = "moderation"
+    frame_types = FRAME_TYPES
+    scopes = MappingProxyType(dict.fromkeys(FRAME_TYPES, SCOPE_MODERATE))
+
+    def __init__(self, settings: Mapping[str, object] | None = None) -> None:
+        self.settings = ModerationSettings.parse(settings or {})
+        self._limits = WireLimits(
+            max_batch_messages=self.settings.max_batch_messages,
+            max_text_chars=self.settings.max_text_chars,
+        )
+        self._lexicon = Lexicon()
+        self._default = CompiledChannel.compile(ChannelPolicy())
+        self._compiled: dict[Channel, tuple[object, CompiledChannel]] = {}
+        self._judge = Judge(
+            model="server model",
+            max_inflight=self.settings.judge_max_inflight,
+            timeout_s=self.settings.judge_timeout_s,
+        )
+        self._batcher: MicroBatcher | None = None
+
+    async def start(self, host: PluginHost) -> None:
+        # Loading imports scikit-learn (seconds): off the event loop, before serving.
+        model = await asyncio.to_thread(ProfanityModel.load)
+        self._batcher = MicroBatcher(
+            model.predict_prob,
+            window_s=self.settings.batch_window_ms / 1000,
+            max_batch=self.settings.max_classifier_batch,
+        )
+
+    async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None:
+        reader = FrameReader(frame, self._limits)
+        handler = {
+            "mod.check": self._check,
+            "mod.check_batch": self._check_batch,
+            "mod.config": self._config,
+            "mod.review": self._review,
+            "mod.audit": self._audit,
+            "mod.subscribe": self._subscribe,
+        }[frame.type]
+        await handler(reader, ctx)
+
+    # --- checks -------------------------------------------------------------------------------
+
+    async def _check(self, reader: FrameReader, ctx: PluginContext) -> None:
+        channel = reader.channel()
+        message = reader.message(reader.frame.payload)
+        (verdict,) = await self._moderate(ctx, channel, [message])
+        payload = verdict_payload(message.message_id, verdict)
+        await ctx.send(answer("mod.verdict", reader.request_id, **payload))
+
+    async def _check_batch(self, reader: FrameReader, ctx: PluginContext) -> None:
+        channel = reader.channel()
+        messages = reader.messages()
+        verdicts = await self._moderate(ctx, channel, messages)
+        wire = [verdict_payload(m.message_id, v) for m, v in zip(messages, verdicts, strict=True)]
+        await ctx.send(answer("mod.verdicts", reader.request_id, verdicts=wire))
+
+    async def _moderate(
+        self, ctx: PluginContext, channel: str, messages: Sequence[Message]
+    ) -> list[Verdict]:
+        store = self._store(ctx)
+        compiled = await self._channel(ctx, store, channel)
+        cascade = Cascade(
+            store=store,
+            predict=self._classifier().predict,
+            lexicon=self._lexicon,
+            judge=functools.partial(self._rule, ctx),
+            clock=time.time,
+        )
+        verdicts = await cascade.check(channel, compiled, messages)
+        for message, verdict in zip(messages, verdicts, strict=True):
+            if verdict.action is not Action.ALLOW:
+                await self._act(ctx, store, compiled.policy, channel, message, verdict)
+        return verdicts
+
+    async def _act(
+        self,
+        ctx: PluginContext,
+        store: Store,
+        policy: ChannelPolicy,
+        channel: str,
+        message: Message,
+        verdict: Verdict,
+    ) -> None:
+        now = time.time()
+        entry: dict[str, object] = {
+            "at": now,
+            "kind": "verdict",
+            "message_id": message.message_id,
+            "user_id": message.user_id,
+            "user_name": message.user_name,
+            "text": message.text,
+            **verdict.to_wire(),
+        }
+        await record(store, channel, entry)
+        if verdict.action is Action.HOLD:
+            await hold(
+                store, channel, {**entry, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s
+            )
+        await self._emit(ctx, channel, {**entry, "silent": verdict.silent})
+
+    async def _rule(self, ctx: PluginContext, policy: str, texts: Sequence[str]) -> Ruling:
+        async def score(prompt: str, candidates: Sequence[str]) -> list[float]:
+            return await ctx.score(prompt=prompt, candidates=candidates)
+
+        return await self._judge.rule(score, policy, texts)
+
+    def _classifier(self) -> MicroBatcher:
+        if self._batcher is None:
+            raise RuntimeError("moderation: handle() before start()")
+        return self._batcher
+
+    # --- policy -------------------------------------------------------------------------------
+
+    def _store(self, ctx: PluginContext) -> Store:
+        return ctx.store
+
+    async def _channel(self, ctx: PluginContext, store: Store, channel: str) -> CompiledChannel:
+        raw = await store.get(f"policy:{channel}")
+        if not isinstance(raw, Mapping):
+            return self._default
+        key = (ctx.tenant, channel)
+        cached = self._compiled.get(key)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        compiled = CompiledChannel.compile(parse_policy(raw))
+        self._compiled[key] = (raw, compiled)
+        return compiled
+
+    async def _config(self, reader: FrameReader, ctx: PluginContext) -> None:
+        channel = reader.channel()
+        op = reader.choice("op", ("get", "set", "reset", "permit"), "get")
+        store = self._store(ctx)
+        if op == "permit":
+            user_id = reader.need(reader.frame.payload, "user_id", str)
+            await grant_permit(store, channel, user_id)
+            await ctx.send(
+                answer(
+                    "mod.permitted",
+                    reader.request_id,
+                    channel=channel,
+                    user_id=user_id,
+                    expires_in_s=PERMIT_S,
+                )
+            )
+            return
+        if op in ("set", "reset"):
+            raw = reader.get(reader.frame.payload, "policy", Mapping) if op == "set" else {}  # type: ignore[type-abstract]
+            if raw is None:
+                reader.fail("policy", "required")
+            try:
+                policy = parse_policy(raw or {})
+                CompiledChannel.compile(policy)
+            except PolicyError as exc:
+                reader.fail(f"policy.{exc.field}", str(exc).partition(": ")[2])
+            wire = policy_to_wire(policy)
+            await store.set(f"policy:{channel}", wire)
+            entry = {"at": time.time(), "kind": "config", "moderator": _moderator(reader, ctx)}
+            await record(store, channel, entry)
+        compiled = await self._channel(ctx, store, channel)
+        await ctx.send(
+            answer(
+                "mod.policy",
+                reader.request_id,
+                channel=channel,
+                policy=policy_to_wire(compiled.policy),
+            )
+        )
+
+    # --- review, audit, subscriptions ---------------------------------------------------------
+
+    async def _review(self, reader: FrameReader, ctx: PluginContext) -> None:
+        channel = reader.channel()
+        op = reader.choice("op", ("list", *DECISIONS), "list")
+        store = self._store(ctx)
+        if op == "list":
+            holds = await pending(store, channel)
+            await ctx.send(answer("mod.holds", reader.request_id, channel=channel, holds=holds))
+            return
+        message_id = reader.need(reader.frame.payload, "message_id", str)
+        held = await take_hold(store, channel, message_id)
+        if held is None:
+            reader.fail("message_id", f"no held message {message_id!r}: it expired or was reviewed")
+        action, duration_s = Action.ALLOW, 0
+        user_id = str(held.get("user_id", ""))
+        if op == "deny":
+            policy = (await self._channel(ctx, store, channel)).policy
+            penalty = await strike(store, policy, channel, user_id, now=time.time())
+            action, duration_s = Action.DELETE, 0
+            if policy.escalation.enabled:
+                action, duration_s = penalty.action, penalty.duration_s
+        entry: dict[str, object] = {
+            "at": time.time(),
+            "kind": "review",
+            "decision": op,
+            "moderator": _moderator(reader, ctx),
+            "message_id": message_id,
+            "user_id": user_id,
+            "user_name": held.get("user_name", ""),
+            "text": held.get("text", ""),
+            "action": action.value,
+            "duration_s": duration_s,
+        }
+        await record(store, channel, entry)
+        await self._emit(ctx, channel, entry)
+        await ctx.send(
+            answer(
+                "mod.reviewed",
+                reader.request_id,
+                channel=channel,
+                message_id=message_id,
+                decision=op,
+                action=action.value,
+                duration_s=duration_s,
+            )
+        )
+
+    async def _audit(self, reader: FrameReader, ctx: PluginContext) -> None:
+        channel = reader.channel()
+        payload = reader.frame.payload
+        limit = reader.get(payload, "limit", int) or 100
+        if not 1 <= limit <= self._limits.max_audit_entries:
+            reader.fail("limit", f"must be 1 to {self._limits.max_audit_entries}")
+        since = payload.get("since", 0.0)
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            reader.fail("since", "must be a number (unix seconds)")
+        q = AuditQuery(
+            user_id=reader.get(payload, "user_id", str),
+            action=reader.get(payload, "action", str),
+            since=float(since),
+            limit=limit,
+        )
+        entries = await query(self._store(ctx), channel, q)
+        await ctx.send(answer("mod.log", reader.request_id, channel=channel, entries=entries))
+
+    async def _subscribe(self, reader: FrameReader, ctx: PluginContext) -> None:
+        channel = reader.channel()
+        op = reader.choice("op", ("subscribe", "unsubscribe"), "subscribe")
+        if op == "subscribe":
+            ctx.subscribe(_topic(channel))
+        else:
+            ctx.unsubscribe(_topic(channel))
+        subscribed = op == "subscribe"
+        await ctx.send(
+            answer("mod.subscribed", reader.request_id, channel=channel, subscribed=subscribed)
+        )
+
+    async def _emit(self, ctx: PluginContext, channel: str, event: Mapping[str, object]) -> None:
+        await ctx.emit(_topic(channel), answer("mod.action", None, channel=channel, **event))
+
+
+def _topic(channel: str) -> str:
+    return f"mod:{channel}"
+
+
+def _moderator(reader: FrameReader, ctx: PluginContext) -> str:
+    return reader.get(reader.frame.payload, "moderator", str) or ctx.connection_id
