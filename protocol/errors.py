@@ -38,6 +38,7 @@ class ErrorCode(enum.StrEnum):
     ENGINE_RESTARTED = "engine_restarted"  # the engine restarted under this request: retry
     RATE_LIMITED = "rate_limited"  # too many failed handshakes from this address
     SESSION_LIMIT = "session_limit"  # too many open sessions for this connection or address
+    STORE_UNAVAILABLE = "store_unavailable"  # the state store cannot be written: nothing kept
     INTERNAL = "internal"
 
 
@@ -78,6 +79,9 @@ ERROR_POLICIES: Mapping[ErrorCode, ErrorPolicy] = MappingProxyType(
         # Sent instead of unauthorized while the address is locked out; try again later.
         ErrorCode.RATE_LIMITED: _policy(True, True),
         ErrorCode.SESSION_LIMIT: _policy(True, False),
+        # The session's state could not be made durable, so it was not changed; stateless
+        # requests go on. Retry once /readyz says the store is back.
+        ErrorCode.STORE_UNAVAILABLE: _policy(True, False),
         ErrorCode.INTERNAL: _policy(True, False),
     }
 )

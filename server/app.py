@@ -9,8 +9,10 @@ every connection with 1001 and stops the engine. Never reads argv or the environ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
@@ -27,6 +29,7 @@ from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .plugin_host import PluginRegistry, load_plugins
 from .sessions import Session, SessionStore
+from .store import Store, StoreUnavailable, open_store
 from .turns import TurnRunner
 
 log = logging.getLogger("banterbox.server")
@@ -41,11 +44,16 @@ class BanterboxServer:
         *,
         plugins: PluginRegistry | None = None,
         authenticator: Authenticator | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.plugins = plugins or load_plugins(config.plugins.enabled, config.plugins.settings)
         self.authenticator = authenticator or Authenticator(config.auth.keys)
+        self.store = store or open_store(
+            config.store.resolved_url, sqlite_synchronous=config.store.sqlite_synchronous
+        )
         self.sessions = SessionStore(
+            store=self.store,
             idle_ttl_s=config.sessions.idle_ttl_s,
             max_per_tenant=config.sessions.max_per_tenant,
             max_per_connection=config.sessions.max_per_connection,
@@ -69,6 +77,7 @@ class BanterboxServer:
         self.shutting_down = False
         self._ws_server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._store_watch: asyncio.Task[None] | None = None
         self._request_ended = asyncio.Event()
 
     # --- state --------------------------------------------------------------------------------
@@ -145,6 +154,9 @@ class BanterboxServer:
             llm=llm, engine=engine, sessions=self.sessions, metrics=self.metrics, settings=net
         )
         self._sweeper = asyncio.create_task(self._sweep_sessions())
+        self._store_watch = asyncio.create_task(self._watch_store())
+        log.info("state in the %s store%s", self.store.kind, "" if self.store.durable else
+                 " (lost when the process ends)")  # fmt: skip
 
     async def shutdown(self) -> None:
         """Graceful stop; see the module docstring. Safe to call once."""
@@ -164,10 +176,12 @@ class BanterboxServer:
         )
         self._ws_server.close(close_connections=True)
         await self._ws_server.wait_closed()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._store_watch):
+            if task is not None:
+                task.cancel()
         if self.engine is not None:
             await self.engine.stop()
+        await self.store.close()
 
     async def _wait_drained(self, timeout_s: float) -> bool:
         try:
@@ -188,6 +202,16 @@ class BanterboxServer:
         while True:
             await asyncio.sleep(period)
             self.sessions.expire()
+            with contextlib.suppress(StoreUnavailable):  # the store watch reports it
+                await self.store.expire(time.time())
+
+    async def _watch_store(self) -> None:
+        """A write now and then, so /readyz turns 503 on a store that cannot be written
+        (even while nothing else writes) and 200 again once it can."""
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.ping()
+            await asyncio.sleep(self.config.store.health_interval_s)
 
     # --- WebSocket and HTTP -------------------------------------------------------------------
 
@@ -216,6 +240,9 @@ class BanterboxServer:
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
+            if self.ready and not self.store.available:
+                # Stateless turns still stream; sessions cannot be kept: route them elsewhere.
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "store unavailable\n")
             if self.ready:
                 return ws.respond(HTTPStatus.OK, "ready\n")
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")

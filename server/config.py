@@ -39,6 +39,10 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 | sessions.max_per_tenant | | 1024 | open sessions per tenant |
 | sessions.max_per_connection | | 256 | open sessions one connection opened → session_limit |
 | sessions.max_per_address | | 512 | open sessions opened from one address → session_limit |
+| store.url | --store | "" | "": SQLite in data_dir; sqlite:///PATH, memory://, redis://H:P/DB |
+| store.data_dir | --data-dir | "" | the CLI's default: $XDG_DATA_HOME/banterbox |
+| store.sqlite_synchronous | | "FULL" | FULL: a done survives power loss; NORMAL: a kill -9 |
+| store.health_interval_s | | 5.0 | how often a write probes the store (/readyz) |
 | auth.keys | env BANTERBOX_API_KEYS | [] | [[auth.keys]] key, tenant, scopes |
 | plugins.enabled | | ["chat"] | entry points of group banterbox.plugins |
 | plugins.settings.NAME | | {} | table handed to plugin NAME |
@@ -64,6 +68,7 @@ from protocol import Limits
 from .engine.config import EngineConfig
 
 SCOPES = frozenset({"generate", "moderate", "admin", "metrics"})
+_STORE_SCHEMES = frozenset({"memory", "sqlite", "redis", "rediss", "unix"})
 
 
 class ConfigError(ValueError):
@@ -135,6 +140,25 @@ class SessionSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StoreSettings:
+    """Where sessions and the plugin store live. With neither `url` nor `data_dir` (a library
+    caller that gave none; the CLI always resolves a data_dir), the memory store."""
+
+    url: str = ""
+    data_dir: str = ""
+    sqlite_synchronous: str = "FULL"
+    health_interval_s: float = 5.0
+
+    @property
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        if self.data_dir:
+            return f"sqlite://{Path(self.data_dir).absolute() / 'banterbox.db'}"
+        return "memory://"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ApiKey:
     key: str = field(repr=False)
     tenant: str
@@ -168,6 +192,7 @@ class ServerConfig:
     sessions: SessionSettings = field(default_factory=SessionSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     def __post_init__(self) -> None:
         positive = {
@@ -179,6 +204,7 @@ class ServerConfig:
             "server.close_timeout_s": self.server.close_timeout_s,
             "sessions.idle_ttl_s": self.sessions.idle_ttl_s,
             "sessions.max_per_tenant": self.sessions.max_per_tenant,
+            "store.health_interval_s": self.store.health_interval_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -193,6 +219,13 @@ class ServerConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.store.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ConfigError("store.sqlite_synchronous must be FULL, NORMAL or EXTRA")
+        scheme, sep, _ = self.store.url.partition("://")
+        if self.store.url and (not sep or scheme not in _STORE_SCHEMES):
+            raise ConfigError(
+                f"store.url {self.store.url!r}: expected memory://, sqlite:///PATH or redis://..."
+            )
 
     @property
     def max_message_bytes(self) -> int:
@@ -207,6 +240,7 @@ _SECTIONS: Mapping[str, type[Any]] = MappingProxyType(
         "limits": Limits,
         "engine": EngineSettings,
         "sessions": SessionSettings,
+        "store": StoreSettings,
     }
 )
 

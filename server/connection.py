@@ -235,7 +235,7 @@ class Connection:
             self._on_cancel(frame)
         elif isinstance(frame, SessionOpen | SessionResume | SessionClose):
             self._require_scope("generate", frame.request_id)
-            await self.send(self._on_session(frame), encoding)
+            await self.send(await self._on_session(frame), encoding)
         elif isinstance(frame, Generate):
             self._require_scope("generate", frame.request_id)
             inflight = self._admit(frame.request_id, encoding, received_at)
@@ -304,17 +304,21 @@ class Connection:
             )
         inflight.cancel()
 
-    def _on_session(self, frame: SessionOpen | SessionResume | SessionClose) -> ServerFrame:
+    async def _on_session(self, frame: SessionOpen | SessionResume | SessionClose) -> ServerFrame:
+        # Awaited in the read loop: a generate sent right after session.open finds it.
         store = self.app.sessions
         try:
             if isinstance(frame, SessionClose):
-                closed = store.close(self.tenant, frame.session_id)
-                return SessionClosed(request_id=frame.request_id, session_id=closed.session_id)
+                await store.close_session(self.tenant, frame.session_id)
+                return SessionClosed(request_id=frame.request_id, session_id=frame.session_id)
             if isinstance(frame, SessionResume):
-                session, resumed = store.get(self.tenant, frame.session_id), True
+                session = await store.resume_session(self.tenant, frame.session_id)
+                resumed = True
             else:
                 opener = Opener(connection_id=self.connection_id, address=self.address)
-                session, resumed = store.open(self.tenant, frame.session_id, frame.metadata, opener)
+                session, resumed = await store.open_session(
+                    self.tenant, frame.session_id, frame.metadata, opener
+                )
         except ProtocolError as error:
             raise error.with_request_id(frame.request_id) from None
         return SessionInfo(

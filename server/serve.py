@@ -42,6 +42,8 @@ _OVERRIDES = {
     "max_num_batched_tokens": "engine.max_num_batched_tokens",
     "max_waiting": "engine.max_waiting",
     "session_ttl": "engine.session_ttl_s",
+    "store": "store.url",
+    "data_dir": "store.data_dir",
 }
 
 
@@ -64,9 +66,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-num-batched-tokens", type=int, default=None)
     add("--max-waiting", type=int, default=None)
     add("--session-ttl", type=float, default=None, help="idle session TTL, seconds")
+    add("--store", default=None, help="memory://, sqlite:///PATH or redis://HOST:PORT/DB "
+        "(default: SQLite in the data directory)")  # fmt: skip
+    add("--data-dir", default=None, help="state directory (default $XDG_DATA_HOME/banterbox)")
     # cli.py gives --device, --threads, --dtype and --quantize fixed defaults; None lets the
     # config file decide.
     parser.set_defaults(device=None, threads=None, dtype=None, quantize=None)
+
+
+def default_data_dir(env: dict[str, str]) -> Path:
+    """$XDG_DATA_HOME/banterbox, or ~/.local/share/banterbox (the XDG default)."""
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "/")) / ".local" / "share")
+    return Path(base).absolute() / "banterbox"
 
 
 def build_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
@@ -76,6 +87,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     )
     if args.session_ttl is not None:
         config = with_overrides(config, {"sessions.idle_ttl_s": args.session_ttl})
+    if not config.store.data_dir:
+        config = with_overrides(config, {"store.data_dir": str(default_data_dir(env))})
     env_keys = parse_env_keys(env.get("BANTERBOX_API_KEYS", ""))
     if env_keys:
         auth = dataclasses.replace(config.auth, keys=(*config.auth.keys, *env_keys))

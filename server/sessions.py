@@ -1,4 +1,5 @@
-"""Per-tenant conversation sessions: transcript, metadata, idle TTL. No I/O, no engine calls.
+"""Per-tenant conversation sessions: a working set in memory, written through to the store.
+No engine calls; no I/O but the store's.
 
 Ids are scoped by tenant: two tenants may both have a session "npc-7" and never see each other's.
 Opening an id that already exists for the tenant resumes it (`resumed: true`), so a client can
@@ -7,14 +8,26 @@ session that does not exist. The transcript holds completed turns only: the user
 a turn and the assistant's reply are appended together when the turn ends (not when it is
 cancelled or fails). A session's `metadata["system"]`, when given, is its system prompt.
 
-Ids the server makes carry this run's instance id (`s-<instance>-<random>`). Until sessions are
-durable, such an id from an earlier run is answered with `session_lost`, never silently opened
-empty. Open sessions are capped per tenant, per opening connection and per source address, so
-one client cannot fill its tenant's table.
+Durability (the `*_session` coroutines and `commit_turn`): a session opened, resumed or closed
+on the wire and every completed turn are saved to the store before they are answered, so a
+turn whose `done` was sent survives a crash. After a restart (or on another replica, with a
+shared store) `open_session`/`resume_session` load the record, with the exact transcript; the
+engine recomputes the KV. A store that cannot be written answers `store_unavailable` and the
+session is left as it was. The working set expires idle sessions; the store expires its records
+at the same idle TTL (`expires_at`). The synchronous `open`, `close`, `append` and `truncate`
+change the working set only (callers that need them durable follow with `persist`).
+
+Ids the server makes carry this run's instance id (`s-<instance>-<random>`). Such an id from
+another run that the store does not have (the memory store after a restart; an expired or
+closed one) is answered with `session_lost`, never silently opened empty. Open sessions are
+capped per tenant, per opening connection and per source address, so one client cannot fill
+its tenant's table.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import secrets
 import time
@@ -26,9 +39,11 @@ from types import MappingProxyType
 from protocol import ChatMessage, ErrorCode, ProtocolError, Role
 
 from .engine.llm import Transcript
+from .store import MemoryStore, SessionRecord, Store, StoreUnavailable
 
 SYSTEM_KEY = "system"
 _SERVER_ID = re.compile(r"s-([0-9a-f]{8})-[0-9a-f]{16}")
+log = logging.getLogger("banterbox.sessions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +66,8 @@ class Session:
     busy: bool = False  # a turn is running: a second concurrent turn would interleave
     # What the model saw and said so far, token for token: the next turn extends it exactly.
     transcript: Transcript | None = None
+    # Saves of one session take turns: each writes the state of its moment, in order.
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     @property
     def engine_session_id(self) -> str:
@@ -70,13 +87,16 @@ class SessionStore:
     def __init__(
         self,
         *,
+        store: Store | None = None,
         idle_ttl_s: float = 600.0,
         max_per_tenant: int = 1024,
         max_per_connection: int = 256,
         max_per_address: int = 512,
-        clock: Callable[[], float] = time.monotonic,
+        # Wall-clock: `last_used` is saved, and must mean the same after a restart.
+        clock: Callable[[], float] = time.time,
         on_end: Callable[[Session], None] | None = None,  # each closed or expired session
     ) -> None:
+        self.store = store or MemoryStore()
         self._on_end = on_end
         self._idle_ttl_s = idle_ttl_s
         self._max_per_tenant = max_per_tenant
@@ -122,12 +142,14 @@ class SessionStore:
         return session, False
 
     def _refuse_lost(self, session_id: str) -> None:
+        """For an id the store does not have either."""
         match = _SERVER_ID.fullmatch(session_id)
         if match is not None and match.group(1) != self.instance_id:
+            why = "expired or was closed" if self.store.durable else "was lost in a restart"
             raise ProtocolError(
                 ErrorCode.SESSION_LOST,
-                f"session {session_id!r} was made by an earlier run of this server and its "
-                "history is gone; open a new session and replay the history",
+                f"session {session_id!r} was made by another run of this server and {why}: "
+                "its history is gone; open a new session and replay the history",
             )
 
     def _check_caps(self, tenant: str, opener: Opener) -> None:
@@ -159,6 +181,12 @@ class SessionStore:
         self.expire()
         session = self._sessions.get((tenant, session_id))
         if session is None:
+            if self.store.durable:
+                raise ProtocolError(
+                    ErrorCode.SESSION_NOT_FOUND,
+                    f"session {session_id!r} is not open here (closed, expired, or from before "
+                    "a restart or on another replica: session.resume it first)",
+                )
             self._refuse_lost(session_id)
             raise ProtocolError(
                 ErrorCode.SESSION_NOT_FOUND, f"no session {session_id!r} (closed or expired?)"
@@ -177,18 +205,149 @@ class SessionStore:
         if self._on_end is not None:
             self._on_end(session)
 
-    def complete_turn(
+    # --- durable ------------------------------------------------------------------------------
+
+    def _unavailable(self, exc: StoreUnavailable) -> ProtocolError:
+        # The reason goes to the log (it may name paths or hosts), not to the client.
+        log.warning("session store: %s", exc)
+        return ProtocolError(
+            ErrorCode.STORE_UNAVAILABLE,
+            "the session store cannot be written now; nothing was changed, retry later",
+        )
+
+    def record(self, session: Session) -> SessionRecord:
+        transcript = session.transcript
+        return SessionRecord(
+            tenant=session.tenant,
+            session_id=session.session_id,
+            metadata=session.metadata,
+            messages=tuple((m.role.value, m.content) for m in session.messages),
+            transcript_text=transcript.text if transcript is not None else "",
+            transcript_token_ids=transcript.token_ids if transcript is not None else (),
+            num_turns=session.num_turns,
+            last_used=session.last_used,
+            expires_at=session.last_used + self._idle_ttl_s,
+        )
+
+    def _refresh(self, session: Session, record: SessionRecord) -> None:
+        session.metadata = MappingProxyType(dict(record.metadata))
+        session.messages = [ChatMessage(role=Role(r), content=c) for r, c in record.messages]
+        session.num_turns = record.num_turns
+        has_transcript = record.transcript_text or record.transcript_token_ids
+        session.transcript = (
+            Transcript(record.transcript_text, record.transcript_token_ids)
+            if has_transcript
+            else None
+        )
+
+    async def persist(self, session: Session) -> None:
+        """Save the session as it is now; ProtocolError(store_unavailable) if that fails."""
+        async with session.save_lock:
+            try:
+                await self.store.save_session(self.record(session))
+            except StoreUnavailable as exc:
+                raise self._unavailable(exc) from None
+
+    async def _find(self, tenant: str, session_id: str) -> Session | None:
+        """The working set's session, else the store's (loaded into the working set). With a
+        shared store the record wins: another replica may have run turns on it since."""
+        local = self._sessions.get((tenant, session_id))
+        if local is not None and not self.store.shared:
+            return local
+        try:
+            record = await self.store.load_session(tenant, session_id)
+        except StoreUnavailable as exc:
+            if local is not None:
+                return local
+            raise self._unavailable(exc) from None
+        local = self._sessions.get((tenant, session_id))  # another call may have loaded it
+        if record is None:
+            return local
+        if local is None:
+            local = Session(tenant=tenant, session_id=session_id, metadata={})
+            self._refresh(local, record)
+            self._sessions[(tenant, session_id)] = local
+            self._count(local, +1)  # a resume is never capped, as in memory
+        elif record.num_turns != local.num_turns and not local.busy:
+            self._refresh(local, record)
+        return local
+
+    async def open_session(
+        self,
+        tenant: str,
+        session_id: str | None,
+        metadata: Mapping[str, str] | None,
+        opener: Opener | None = None,
+    ) -> tuple[Session, bool]:
+        """`open`, durable: the store's session of that id resumes; a new one is saved."""
+        self.expire()
+        if session_id is not None:
+            found = await self._find(tenant, session_id)
+            if found is not None:
+                found.last_used = self._clock()
+                await self.persist(found)  # its idle TTL starts again in the store too
+                return found, True
+        session, resumed = self.open(tenant, session_id, metadata, opener)
+        if not resumed:
+            try:
+                await self.persist(session)
+            except ProtocolError:
+                self._forget(session)
+                raise
+        return session, resumed
+
+    async def resume_session(self, tenant: str, session_id: str) -> Session:
+        """The tenant's session from the working set or the store, or session_not_found."""
+        self.expire()
+        found = await self._find(tenant, session_id)
+        if found is None:
+            self._refuse_lost(session_id)
+            raise ProtocolError(
+                ErrorCode.SESSION_NOT_FOUND, f"no session {session_id!r} (closed or expired?)"
+            )
+        found.last_used = self._clock()
+        await self.persist(found)
+        return found
+
+    async def close_session(self, tenant: str, session_id: str) -> None:
+        """`close`, durable: the record is deleted first, then the working set forgets it."""
+        try:
+            deleted = await self.store.delete_session(tenant, session_id)
+        except StoreUnavailable as exc:
+            raise self._unavailable(exc) from None
+        if deleted and (tenant, session_id) not in self._sessions:
+            return
+        self.close(tenant, session_id)
+
+    def _forget(self, session: Session) -> None:
+        """Undo the working set's half of an open the store refused (it never was open)."""
+        if self._sessions.get((session.tenant, session.session_id)) is session:
+            del self._sessions[(session.tenant, session.session_id)]
+            self._count(session, -1)
+
+    async def commit_turn(
         self,
         session: Session,
         new: Sequence[ChatMessage],
         reply: str,
         transcript: Transcript | None = None,
     ) -> None:
+        """Append a completed turn and make it durable; on store_unavailable it is undone."""
+        before = (len(session.messages), session.transcript, session.num_turns)
         session.transcript = transcript
         session.messages.extend(new)
         session.messages.append(ChatMessage(role=Role.ASSISTANT, content=reply))
         session.num_turns += 1
         session.last_used = self._clock()
+        if self._sessions.get((session.tenant, session.session_id)) is not session:
+            return  # closed while the turn ran: its transcript is not kept
+        try:
+            await self.persist(session)
+        except ProtocolError:
+            if session.num_turns == before[2] + 1:  # nothing else changed it meanwhile
+                del session.messages[before[0] :]
+                session.transcript, session.num_turns = before[1], before[2]
+            raise
 
     def expire(self) -> list[Session]:
         """Forget sessions idle for longer than the TTL (never one with a turn running)."""

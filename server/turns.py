@@ -194,7 +194,8 @@ class Turn:
         self._metrics.requests.labels(finish.value).inc()
         if self._session is not None and finish is not FinishReason.CANCELLED:
             transcript = self._transcript(output_ids)
-            self._sessions.complete_turn(
+            # Durable before the done goes out: a done the client got is a turn it keeps.
+            await self._sessions.commit_turn(
                 self._session, spec.messages or (), "".join(reply), transcript
             )
         yield self._done(final, finish)

@@ -20,7 +20,7 @@ class Clock:
         return self.now
 
 
-def test_open_resume_close_and_tenants() -> None:
+async def test_open_resume_close_and_tenants() -> None:
     store = SessionStore()
     session, resumed = store.open("a", None, {"system": "Be brief."})
     assert not resumed and session.session_id.startswith("s-")
@@ -30,7 +30,7 @@ def test_open_resume_close_and_tenants() -> None:
     assert foreign.value.code.value == "session_not_found"
     new = [ChatMessage(role=Role.USER, content="Hi")]
     assert [m.role for m in session.prompt_messages(new)] == [Role.SYSTEM, Role.USER]
-    store.complete_turn(session, new, "Hello.")
+    await store.commit_turn(session, new, "Hello.")
     assert session.num_turns == 1 and len(session.messages) == 2
     store.close("a", session.session_id)
     with pytest.raises(ProtocolError):
