@@ -161,6 +161,9 @@ class Cascade:
         acting = [f for f in findings if f.action is not Action.ALLOW]
         reasons = tuple(f.reason for f in findings)
         scores = dict(categories.scores)
+        for finding in findings:  # the judge's P(yes) is the channel policy's category score
+            if finding.reason.source is Source.JUDGE and finding.reason.name == "policy":
+                scores["policy"] = finding.score
         risk = max([*scores.values(), *(f.score for f in acting)], default=0.0)
         if not acting:
             return Verdict(action=Action.ALLOW, score=risk, categories=scores, reasons=reasons)

@@ -259,7 +259,8 @@ class ModerationPlugin(BasePlugin):
     async def _audit(self, reader: FrameReader, ctx: PluginContext) -> None:
         channel = reader.channel()
         payload = reader.frame.payload
-        limit = reader.get(payload, "limit", int) or 100
+        limit = reader.get(payload, "limit", int)
+        limit = 100 if limit is None else limit
         if not 1 <= limit <= self._limits.max_audit_entries:
             reader.fail("limit", f"must be 1 to {self._limits.max_audit_entries}")
         since = payload.get("since", 0.0)

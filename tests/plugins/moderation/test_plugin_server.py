@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,16 @@ async def check(
     return frame.payload
 
 
-async def set_policy(
-    ws: ClientConnection, policy: Mapping[str, object], channel: str = "c1"
-) -> None:
-    frame = await ask(ws, "mod.config", "cfg", channel=channel, op="set", policy=policy)
+async def set_policy(ws: ClientConnection, policy: Mapping[str, object], rid: str = "cfg") -> None:
+    frame = await ask(ws, "mod.config", rid, channel="c1", op="set", policy=policy)
     assert frame.type == "mod.policy"
+
+
+async def actions(ws: ClientConnection, *texts: str, uid: str = "u1") -> list[object]:
+    found = []
+    for n, text in enumerate(texts):
+        found.append((await check(ws, text, rid=f"{uid}-{n}", uid=uid))["action"])
+    return found
 
 
 async def test_check_verdict_shape_and_welcome(model: Path) -> None:
@@ -88,3 +94,138 @@ async def test_check_verdict_shape_and_welcome(model: Path) -> None:
             "source": "classifier",
             "name": "self_harm",
         }
+
+
+async def test_batch_obfuscation_exemptions_and_bad_frames(model: Path) -> None:
+    async with running_server(model, config()) as server, raw_client(server) as ws:
+        texts = ["hello chat", "f.u.c.k you", "ph4ggot", "ur mom", "kyyys", "nice clutch"]
+        messages = [
+            {"message_id": f"m{n}", "user": user(f"v{n}"), "text": text}
+            for n, text in enumerate(texts)
+        ]
+        messages.append({"message_id": "mod", "user": user("boss", ("moderator",)), "text": "kys"})
+        frame = await ask(ws, "mod.check_batch", "b1", channel="c1", messages=messages)
+        assert frame.type == "mod.verdicts"
+        verdicts = frame.payload["verdicts"]
+        assert isinstance(verdicts, list)
+        assert [v["message_id"] for v in verdicts] == [m["message_id"] for m in messages]
+        flagged = [v["action"] != "allow" for v in verdicts]
+        assert flagged == [False, True, True, True, True, False, False]
+        for payload, field in (
+            ({"channel": "c1", "text": "x", "message_id": "m"}, "user"),
+            ({"channel": "c1", "user": {"id": "u"}, "message_id": "m"}, "text"),
+            ({"channel": "c1", "user": {"id": "u"}, "text": 5, "message_id": "m"}, "text"),
+            ({"user": {"id": "u"}, "text": "x", "message_id": "m"}, "channel"),
+            ({"channel": "c1", "user": {"id": "u", "roles": [1]}, "text": "x", "message_id": "m"},
+             "user.roles"),
+        ):  # fmt: skip
+            error = await error_of(ws, "mod.check", f"bad-{field}", **payload)
+            assert error.code == "invalid_field" and field in error.message
+        too_many = [messages[0]] * 1001
+        error = await error_of(ws, "mod.check_batch", "big", channel="c1", messages=too_many)
+        assert error.code == "limit_exceeded"
+        error = await error_of(ws, "mod.check_batch", "bad-item", channel="c1", messages=[5])
+        assert error.code == "invalid_field" and "messages[0]" in error.message
+
+
+async def test_rules_filters_windows_escalation_and_bad_configs(model: Path) -> None:
+    async with running_server(model, config()) as server, raw_client(server) as ws:
+        await set_policy(
+            ws,
+            {
+                "blocked_terms": ["pineapple", "*spoil*", "re:free\\s+v-?bucks"],
+                "permitted_terms": ["spoilers tag"],
+                "escalation": {"enabled": False},
+                "duplicates": {"limit": 1, "window_s": 60},
+                "flood": {"limit": 4, "window_s": 60, "action": "timeout", "duration_s": 30},
+                "link_allow": ["youtube.com"],
+            },
+        )
+        got = await actions(ws, "P1NEAPPLE", "no spoilers pls", "FREE VBUCKS", uid="r")
+        assert got == ["delete"] * 3
+        assert await actions(ws, "use the spoilers tag", uid="p") == ["allow"]
+        verdict = await check(ws, "THIS IS THE BEST STREAM IN THE WORLD", rid="caps", uid="c")
+        assert verdict["reasons"][0]["name"] == "caps"  # type: ignore[index]
+        assert await actions(ws, "watch youtube.com/x", "buy at evil.ru", uid="l") == [
+            "allow", "delete"
+        ]  # fmt: skip
+        assert await actions(ws, "same line", "same line", uid="d") == ["allow", "delete"]
+        flood = await actions(ws, *(f"line {n}" for n in range(6)), uid="f")
+        assert flood == ["allow"] * 4 + ["timeout"] * 2
+        await set_policy(ws, {"blocked_terms": ["noob"], "escalation": {"timeouts_s": [5, 60]}})
+        verdicts = [await check(ws, "noob", rid=f"e{n}", uid="esc") for n in range(3)]
+        assert [(v["action"], v["duration_s"]) for v in verdicts] == [
+            ("timeout", 5), ("timeout", 60), ("ban", 0)
+        ]  # fmt: skip
+        for policy, field in (
+            ({"blocked_terms": ["re:(a+)\\1"]}, "policy.blocked_terms"),
+            ({"blocked_terms": ["re:((a{100}){100}){100}"]}, "policy.blocked_terms"),
+            ({"filters": {"caps": {"limit": "lots"}}}, "policy.filters.caps.limit"),
+            ({"categories": {"taunt": 9}}, "policy.categories.taunt.level"),
+            ({"nope": 1}, "policy.nope"),
+        ):
+            error = await error_of(ws, "mod.config", "bad", channel="c1", op="set", policy=policy)
+            assert error.code == "invalid_field" and field in error.message, error.message
+        error = await error_of(ws, "mod.config", "op", channel="c1", op="explode")
+        assert error.code == "invalid_field"
+        current = await ask(ws, "mod.config", "get", channel="c1")
+        policy = current.payload["policy"]
+        assert isinstance(policy, Mapping) and policy["blocked_terms"] == ["noob"]
+        # A catastrophic pattern is linear under re2: it is accepted and answers at once.
+        await set_policy(ws, {"blocked_terms": ["re:(x+x+)+y"]}, rid="cat")
+        verdict = await check(ws, "x" * 3000, rid="xs", uid="x")
+        names = {r["name"] for r in verdict["reasons"]}  # type: ignore[attr-defined]
+        assert "blocked_term" not in names and "length" in names
+
+
+async def test_holds_review_expiry_audit_and_subscriptions(model: Path) -> None:
+    async with (
+        running_server(model, config()) as server,
+        raw_client(server) as bot,
+        raw_client(server) as dashboard,
+    ):
+        frame = await ask(dashboard, "mod.subscribe", "s", channel="c1")
+        assert frame.type == "mod.subscribed" and frame.payload["subscribed"] is True
+        await set_policy(bot, {"hold_s": 1.0, "escalation": {"timeouts_s": [10]}})
+        for n, text in enumerate(("your mom", "you are so annoying", "ur dad left")):
+            verdict = await check(bot, text, rid=f"h{n}", uid=f"v{n}")
+            assert verdict["action"] == "hold", verdict
+            event = await recv_frame(dashboard)
+            assert isinstance(event, PluginFrame) and event.type == "mod.action"
+            assert event.payload["message_id"] == f"h{n}" and event.payload["action"] == "hold"
+        holds = await ask(dashboard, "mod.review", "l", channel="c1", op="list")
+        assert [h["message_id"] for h in holds.payload["holds"]] == ["h0", "h1", "h2"]  # type: ignore[union-attr]
+        ok = await ask(dashboard, "mod.review", "a", channel="c1", op="approve", message_id="h0")
+        assert ok.payload["decision"] == "approve" and ok.payload["action"] == "allow"
+        no = await ask(
+            dashboard, "mod.review", "d", channel="c1", op="deny", message_id="h1", moderator="ann"
+        )
+        assert (no.payload["action"], no.payload["duration_s"]) == ("timeout", 10)
+        again = await error_of(
+            dashboard, "mod.review", "a2", channel="c1", op="approve", message_id="h0"
+        )
+        assert again.code == "invalid_field" and "expired or was reviewed" in again.message
+        await asyncio.sleep(1.2)  # past hold_s: h2 expired unreviewed
+        expired = await error_of(
+            dashboard, "mod.review", "x", channel="c1", op="deny", message_id="h2"
+        )
+        assert expired.code == "invalid_field"
+        log = await ask(bot, "mod.audit", "q", channel="c1")
+        entries = log.payload["entries"]
+        assert isinstance(entries, list)
+        kinds = [
+            (e["kind"], e.get("decision"), e["message_id"] if "message_id" in e else None)
+            for e in entries
+        ]
+        assert kinds[:2] == [("review", "deny", "h1"), ("review", "approve", "h0")]
+        mine = await ask(bot, "mod.audit", "q2", channel="c1", user_id="v1", limit=10)
+        assert {e["message_id"] for e in mine.payload["entries"]} == {"h1"}  # type: ignore[union-attr]
+        denied = await ask(bot, "mod.audit", "q3", channel="c1", action="deny")
+        assert [e["moderator"] for e in denied.payload["entries"]] == ["ann"]  # type: ignore[union-attr]
+        error = await error_of(bot, "mod.audit", "q4", channel="c1", limit=0)
+        assert error.code == "invalid_field"
+        # The bot is not subscribed: it saw only its own answers; unsubscribing stops events.
+        await ask(dashboard, "mod.subscribe", "u", channel="c1", op="unsubscribe")
+        await check(bot, "your mom again", rid="after", uid="v9")
+        with pytest.raises(TimeoutError):
+            await recv_frame(dashboard, timeout_s=0.5)
