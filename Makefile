@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: setup model serve test check bench clean
+.PHONY: setup model serve test lint check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,15 @@ serve: model
 test: model
 	$(PY) -m pytest -q
 
-check: setup
+# Every rule CI enforces: lint, format, types (strict), import contracts; then the tests.
+lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+
+check: lint
+	$(MAKE) test
 
 bench: model
 	$(PY) -m bench engine --sequences 1,8,16,32,64 --prompt-tokens 64 --new-tokens 64 \

@@ -1,48 +1,115 @@
-"""The plugin API, version 1: what a plugin is and what the server lends it. Imports protocol only.
+"""The plugin API, version 2: what a plugin is and what the server lends it. Imports protocol only.
 
 Dependency inversion: plugins import this module and protocol/, never server/. The server
-implements `PluginContext` and `SessionAccess`; a plugin implements `Plugin`.
+implements `PluginContext`, `PluginHost`, `Store` and `SessionAccess`; a plugin implements
+`Plugin` (subclass `BasePlugin` for the optional hooks). plugins/README.md is the guide.
 
 A plugin is a class registered under the entry point group "banterbox.plugins" and enabled by
-name in the server config (`[plugins] enabled = ["chat"]`). The server constructs it once, with
-its settings table (`[plugins.settings.NAME]`, an empty mapping when absent), and calls
-`handle` once per client frame of one of its `frame_types`, in a task of its own per frame.
+name in the server config (`[plugins] enabled = ["chat", "npc"]`). The server constructs it
+once with its settings table (`[plugins.settings.NAME]`, an empty mapping when absent), awaits
+`start(host)` before serving, calls `handle` once per client frame of one of its
+`frame_types` (in a task of its own per frame), and awaits `stop()` at shutdown.
 
 Rules a plugin follows:
-- Answer frames carry the request's id. A request ends with a `done` or an `error`;
-  `ctx.generate` yields the `done` of a turn, so a plugin that forwards every event it gets
-  ends its request properly.
+- Answer frames carry the request's id. A request ends with a `done`, an `error`, or a
+  plugin frame the plugin documents as final; `ctx.generate` yields the `done` of a turn.
 - Refuse a frame by raising `protocol.ProtocolError` (its code and message reach the client
-  as an error frame with the request's id) or by calling `ctx.fail`. Any other exception is
-  reported to the client as `internal` and logged.
+  as an error frame with the request's id). Read payloads with `protocol.payload` so errors
+  match the core frames'. Any other exception is reported as `internal` and logged.
 - A client `cancel` of the request cancels the plugin's engine turns (they end with
   `finish_reason: "cancelled"`); when the request has no turn running, its task is cancelled.
+- State goes through `ctx.store` (namespaced per plugin and tenant, durable where the
+  server's store is), never module globals: a fleet runs many copies of the plugin.
+
+Version 1 plugins (no `system`, `store`, `spawn`, `emit`, `score`) are refused at load with a
+message saying how to port them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+import builtins
+import enum
+import json
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from protocol import (
     ChatMessage,
     Delta,
     Done,
-    ErrorCode,
     PluginFrame,
     Priority,
     Sampling,
     ServerFrame,
 )
 
-PLUGIN_API_VERSION = 1
+PLUGIN_API_VERSION = 2
 
-# Scopes an API key may hold; a plugin names the one its frames need.
+# Scopes an API key may hold; a plugin names the one each of its frame types needs.
 SCOPE_GENERATE = "generate"
 SCOPE_MODERATE = "moderate"
 SCOPE_ADMIN = "admin"
 
 TurnEvent = Delta | Done
+JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
+
+
+class ConstraintKind(enum.StrEnum):
+    REGEX = "regex"  # the whole output matches the regular expression
+    JSON_SCHEMA = "json_schema"  # the output is one JSON value valid under the schema
+    GRAMMAR = "grammar"  # a Lark grammar (llguidance's dialect)
+    CHOICE = "choice"  # the output is exactly one of the strings
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a turn's output must match; compiled (and refused, invalid_field) at admission."""
+
+    kind: ConstraintKind
+    source: str = ""  # the regex, the grammar, or the schema as JSON text
+    choices: tuple[str, ...] = ()  # the strings of a CHOICE
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        return cls(ConstraintKind.REGEX, pattern)
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, object]) -> Constraint:
+        return cls(ConstraintKind.JSON_SCHEMA, json.dumps(schema))
+
+    @classmethod
+    def grammar(cls, lark: str) -> Constraint:
+        return cls(ConstraintKind.GRAMMAR, lark)
+
+    @classmethod
+    def choice(cls, options: Sequence[str]) -> Constraint:
+        return cls(ConstraintKind.CHOICE, choices=tuple(options))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateSpec:
+    """One engine turn, the one list of generate parameters (a `generate` frame maps onto it).
+
+    `system` is the plugin's own system prompt, placed before the session's history (an NPC's
+    card): every turn that starts with the same system text shares its KV blocks.
+    """
+
+    request_id: str  # echoed in every delta and the done
+    messages: tuple[ChatMessage, ...] | None = None  # this turn's new messages
+    prompt: str | None = None  # raw text instead of messages (no chat template, no session)
+    system: str | None = None
+    session_id: str | None = None  # continue (and extend) this session's transcript
+    sampling: Sampling | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    priority: Priority = Priority.INTERACTIVE
+    constraint: Constraint | None = None
+    logprobs: int | None = None  # N: each sampled token's logprob and its top N alternatives
+    prefill_only: bool = False  # warm the KV of the prompt, sample nothing, record nothing
+    return_token_ids: bool = False
+    record: bool = True  # append this turn to the session's transcript when it completes
 
 
 class SessionAccess(Protocol):
@@ -53,7 +120,77 @@ class SessionAccess(Protocol):
 
     def metadata(self, session_id: str) -> Mapping[str, str]: ...
 
+    def open(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
+        """Open (or find) the tenant's session; True when it already existed."""
+        ...
+
+    def close(self, session_id: str) -> None: ...
+
     def append(self, session_id: str, message: ChatMessage) -> None: ...
+
+    def truncate(self, session_id: str, num_messages: int) -> None:
+        """Keep the first num_messages messages (an interrupted reply is cut to what was
+        heard by replacing the tail); the KV is recomputed from the new transcript."""
+        ...
+
+
+class Store(Protocol):
+    """Key-value state of one plugin for one tenant. Values are JSON-compatible.
+
+    Durable where the server's store is (SQLite, Redis); `incr` is atomic across replicas.
+    Values and logs are two key spaces under one namespace: `delete` removes both, `list`
+    names both.
+    """
+
+    async def get(self, key: str) -> JSON: ...  # None when absent or expired
+
+    async def set(self, key: str, value: JSON, *, ttl_s: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def list(self, prefix: str = "") -> builtins.list[str]:
+        """Keys starting with prefix, sorted."""
+        ...
+
+    async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
+        """Add atomically (absent counts as 0); ttl_s is set when this creates the key."""
+        ...
+
+    async def append(self, key: str, value: JSON, *, max_len: int | None = None) -> None:
+        """Append to a log and keep only its newest max_len entries."""
+        ...
+
+    async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSON]:
+        """Entries start to stop inclusive, oldest first; negatives count from the end."""
+        ...
+
+
+class PluginHost(Protocol):
+    """Server-wide services, for work that belongs to no connection (started in `start`)."""
+
+    def store(self, tenant: str) -> Store: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run work in the background; cancelled at shutdown; a failure is logged."""
+        ...
+
+    async def emit(self, tenant: str, topic: str, frame: ServerFrame) -> int:
+        """Send frame to every connection of tenant subscribed to topic; returns how many."""
+        ...
+
+    def generate(self, tenant: str, spec: GenerateSpec) -> AsyncIterator[TurnEvent]:
+        """A turn that answers no client (a background summary); same semantics otherwise."""
+        ...
+
+    async def score(
+        self,
+        tenant: str,
+        *,
+        candidates: Sequence[str],
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage] | None = None,
+        system: str | None = None,
+    ) -> list[float]: ...
 
 
 class PluginContext(Protocol):
@@ -68,40 +205,82 @@ class PluginContext(Protocol):
     @property
     def sessions(self) -> SessionAccess: ...
 
-    def generate(
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def host(self) -> PluginHost: ...
+
+    def generate(self, spec: GenerateSpec) -> AsyncIterator[TurnEvent]:
+        """One engine turn for a request in flight on this connection, exactly as a client
+        `generate` frame would run it (same session semantics): `Delta`s numbered from 0
+        under `spec.request_id`, then one `Done`. Refusals raise ProtocolError."""
+        ...
+
+    async def score(
         self,
         *,
-        request_id: str,
-        messages: Sequence[ChatMessage] | None = None,
+        candidates: Sequence[str],
         prompt: str | None = None,
-        session_id: str | None = None,
-        sampling: Sampling | None = None,
-        max_tokens: int | None = None,
-        stop: Sequence[str] = (),
-        priority: Priority = Priority.INTERACTIVE,
-        return_token_ids: bool = False,
-    ) -> AsyncIterator[TurnEvent]:
-        """One engine turn, exactly as a client `generate` frame would run it (same session
-        semantics): `Delta`s numbered from 0 under `request_id`, then one `Done`.
-        Refusals (overloaded, prompt_too_long, session_not_found...) raise ProtocolError."""
+        messages: Sequence[ChatMessage] | None = None,
+        system: str | None = None,
+    ) -> list[float]:
+        """Log-probability of each candidate continuing the prompt (or the rendered chat,
+        ready for the assistant's answer), batched; the prompt's KV is shared through the
+        prefix cache across candidates and across calls."""
+        ...
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None: ...
+
+    def subscribe(self, topic: str) -> None:
+        """This connection receives what is emitted to topic (within its tenant)."""
+        ...
+
+    def unsubscribe(self, topic: str) -> None: ...
+
+    async def emit(self, topic: str, frame: ServerFrame) -> int:
+        """Send frame to every connection of this tenant subscribed to topic."""
         ...
 
     async def send(self, frame: ServerFrame) -> None:
         """Send a frame to this connection's client (deltas, done, plugin events)."""
         ...
 
-    async def fail(self, request_id: str | None, code: ErrorCode, message: str) -> None:
-        """Send an error frame; with a request id it ends that request."""
-        ...
-
 
 @runtime_checkable
 class Plugin(Protocol):
-    """A domain feature behind namespaced frame types ("chat.say")."""
+    """A domain feature behind namespaced frame types ("npc.say")."""
 
     name: str  # the entry point name, also listed in welcome.capabilities
     api_version: int  # PLUGIN_API_VERSION the plugin was written for
     frame_types: frozenset[str]  # client frame types it handles: "namespace.name"
-    scope: str  # the API key scope its frames need, e.g. SCOPE_GENERATE
+    scopes: Mapping[str, str]  # frame type -> the API key scope it needs
+
+    async def start(self, host: PluginHost) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def on_session_closed(self, tenant: str, session_id: str) -> None: ...
 
     async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None: ...
+
+
+class BasePlugin:
+    """No-op lifecycle hooks; subclasses set name, frame_types, scopes and write handle()."""
+
+    name: str = ""
+    api_version: int = PLUGIN_API_VERSION
+    frame_types: frozenset[str] = frozenset()
+    scopes: Mapping[str, str] = MappingProxyType({})
+
+    async def start(self, host: PluginHost) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def on_session_closed(self, tenant: str, session_id: str) -> None:
+        return None
+
+    async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None:
+        raise NotImplementedError(f"plugin {self.name!r} handles no frames")

@@ -20,6 +20,8 @@ from http import HTTPStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from plugins.api import Plugin
+
 from .async_engine import AsyncEngine
 from .auth import Authenticator, AuthFailureLimiter, bearer_token
 from .config import ServerConfig
@@ -27,9 +29,12 @@ from .connection import CLOSE_GOING_AWAY, Connection, source_address
 from .engine.core import EngineStats
 from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .plugin_host import PluginRegistry, load_plugins
+from .plugin_host import ConnectionContext, PluginRegistry, ServerPluginHost, load_plugins
 from .sessions import Session, SessionStore
 from .store import Store, StoreUnavailable, open_store
+from .store import MemoryStore
+from .store import Store as StateStore
+from .topics import TopicHub
 from .turns import TurnRunner
 
 log = logging.getLogger("banterbox.server")
@@ -45,6 +50,7 @@ class BanterboxServer:
         plugins: PluginRegistry | None = None,
         authenticator: Authenticator | None = None,
         store: Store | None = None,
+        plugin_backend: StateStore | None = None,
     ) -> None:
         self.config = config
         self.plugins = plugins or load_plugins(config.plugins.enabled, config.plugins.settings)
@@ -74,6 +80,14 @@ class BanterboxServer:
         self.engine: AsyncEngine | None = None
         self.turns: TurnRunner | None = None
         self.connections: set[Connection] = set()
+        self.topics = TopicHub()
+        backend = plugin_backend or MemoryStore()
+        self._plugin_hosts = {
+            plugin.name: ServerPluginHost(
+                plugin.name, backend=backend, topics=self.topics, turns=lambda: self.turns
+            )
+            for plugin in self.plugins.plugins
+        }
         self.shutting_down = False
         self._ws_server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -120,9 +134,21 @@ class BanterboxServer:
         self._request_ended.set()
 
     def _release_session_kv(self, session: Session) -> None:
-        """A session closed or expired: its KV is unpinned (one lifetime for both)."""
+        """A session closed or expired: its KV is unpinned (one lifetime for both), and the
+        plugins hear of it (an NPC writes its memory of the player)."""
         if self.engine is not None:
             self.engine.release_session(session.engine_session_id)
+        for plugin in self.plugins.plugins:
+            hook = plugin.on_session_closed(session.tenant, session.session_id)
+            self._plugin_hosts[plugin.name].spawn(hook, name="on_session_closed")
+
+    def plugin_context(self, connection: Connection, plugin: Plugin) -> ConnectionContext:
+        return ConnectionContext(
+            connection,
+            host=self._plugin_hosts[plugin.name],
+            sessions=self.sessions,
+            topics=self.topics,
+        )
 
     def _engine_stats(self) -> EngineStats | None:
         return self.engine.stats if self.engine is not None else None
@@ -153,6 +179,8 @@ class BanterboxServer:
         self.turns = TurnRunner(
             llm=llm, engine=engine, sessions=self.sessions, metrics=self.metrics, settings=net
         )
+        for plugin in self.plugins.plugins:
+            await plugin.start(self._plugin_hosts[plugin.name])
         self._sweeper = asyncio.create_task(self._sweep_sessions())
         self._store_watch = asyncio.create_task(self._watch_store())
         log.info("state in the %s store%s", self.store.kind, "" if self.store.durable else
@@ -179,6 +207,9 @@ class BanterboxServer:
         for task in (self._sweeper, self._store_watch):
             if task is not None:
                 task.cancel()
+        for plugin in self.plugins.plugins:
+            await plugin.stop()
+            await self._plugin_hosts[plugin.name].stop()
         if self.engine is not None:
             await self.engine.stop()
         await self.store.close()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import importlib.metadata
 import itertools
 import logging
 import secrets
@@ -20,12 +22,12 @@ import time
 from collections.abc import Coroutine
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from plugins.api import Plugin
+from plugins.api import GenerateSpec, Plugin, PluginContext
 from protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -38,6 +40,7 @@ from protocol import (
     Hello,
     PluginFrame,
     ProtocolError,
+    Score,
     ServerFrame,
     SessionClose,
     SessionClosed,
@@ -50,17 +53,32 @@ from protocol import (
     encoding_of,
 )
 
-from .auth import Principal, bearer_token
-from .plugin_host import ConnectionContext
-from .sessions import Opener
-from .turns import Turn, TurnSpec
-
-if TYPE_CHECKING:
-    from .app import BanterboxServer
+from .auth import Authenticator, AuthFailureLimiter, Principal, bearer_token
+from .config import ServerConfig
+from .metrics import ServerMetrics
+from .plugin_host import PluginRegistry
+from .sessions import Opener, SessionStore
+from .topics import TopicHub
+from .turns import Turn, TurnRunner, generate_spec
 
 log = logging.getLogger("banterbox.connection")
-SERVER_VERSION = "0.1.0"
-CORE_CAPABILITIES = ("sessions", "cancel", "token_ids")
+
+
+@functools.cache
+def server_version() -> str:
+    """The installed distribution's version (read once, at the first hello)."""
+    return importlib.metadata.version("banterbox")
+
+
+CORE_CAPABILITIES = (
+    "sessions",
+    "cancel",
+    "token_ids",
+    "constraint",
+    "logprobs",
+    "prefill_only",
+    "score",
+)
 CLOSE_POLICY = 1008  # policy violation: bad handshake, bad key, stalled reader, no hello
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013  # every authenticated place is taken
@@ -106,8 +124,44 @@ class Inflight:
             self.task.cancel()
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs of the server. The server implements it; nothing here imports
+    the server back."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+    @property
+    def metrics(self) -> ServerMetrics: ...
+    @property
+    def plugins(self) -> PluginRegistry: ...
+    @property
+    def sessions(self) -> SessionStore: ...
+    @property
+    def topics(self) -> TopicHub: ...
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def auth_failures(self) -> AuthFailureLimiter: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def shutting_down(self) -> bool: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def turns(self) -> TurnRunner | None: ...
+
+    def wire_limits(self) -> dict[str, int]: ...
+
+    def admit_authenticated(self, connection: Connection) -> bool: ...
+
+    def notify_request_end(self) -> None: ...
+
+    def plugin_context(self, connection: Connection, plugin: Plugin) -> PluginContext: ...
+
+
 class Connection:
-    def __init__(self, ws: ServerConnection, app: BanterboxServer) -> None:
+    def __init__(self, ws: ServerConnection, app: ConnectionHost) -> None:
         self.ws = ws
         self.app = app
         self.address = source_address(ws)
@@ -117,7 +171,6 @@ class Connection:
         self.principal: Principal | None = None
         self._hello_encoding = Encoding.MSGPACK
         self._engine_ids = itertools.count()
-        self._context = ConnectionContext(self)
         self._closer: asyncio.Task[None] | None = None
 
     @property
@@ -147,6 +200,7 @@ class Connection:
             if self.state is not ConnectionState.CLOSING:
                 self._transition(ConnectionState.CLOSING)
             self.cancel_all()
+            self.app.topics.drop(self)
             if self._closer is not None:
                 await self._closer
 
@@ -239,13 +293,17 @@ class Connection:
         elif isinstance(frame, Generate):
             self._require_scope("generate", frame.request_id)
             inflight = self._admit(frame.request_id, encoding, received_at)
-            turn = self._start_or_forget(inflight, TurnSpec.from_generate(frame, received_at))
+            turn = self._start_or_forget(inflight, generate_spec(frame))
             inflight.turns.append(turn)
             self._spawn(inflight, self._stream_turn(inflight, turn))
+        elif isinstance(frame, Score):
+            self._require_scope("generate", frame.request_id)
+            inflight = self._admit(frame.request_id, encoding, received_at)
+            self._spawn(inflight, self._answer_score(inflight, frame))
         else:
             plugin = self.app.plugins.by_type[frame.type]
             request_id = frame.request_id or ""
-            self._require_scope(plugin.scope, request_id)
+            self._require_scope(self.app.plugins.scope_of(frame.type), request_id)
             inflight = self._admit(request_id, encoding, received_at)
             self._spawn(inflight, self._run_plugin(inflight, plugin, frame))
 
@@ -278,7 +336,7 @@ class Connection:
         self._hello_encoding = encoding
         self._transition(ConnectionState.READY)
         welcome = Welcome(
-            server_version=SERVER_VERSION,
+            server_version=server_version(),
             protocol=PROTOCOL_VERSION,
             model=app.model_name,
             limits=app.wire_limits(),
@@ -352,14 +410,43 @@ class Connection:
         self.inflight[request_id] = inflight
         return inflight
 
-    def start_turn(self, spec: TurnSpec) -> Turn:
+    def start_turn(self, spec: GenerateSpec) -> Turn:
+        """A turn for a request in flight here (a generate frame's, or a plugin's)."""
         turns = self.app.turns
         if turns is None:
             raise ProtocolError(ErrorCode.NOT_READY, "the model is not loaded")
+        inflight = self.inflight.get(spec.request_id)
+        if inflight is None:
+            raise ValueError(f"{spec.request_id!r} is not a request in flight here")
         engine_request_id = f"{self.connection_id}/{next(self._engine_ids)}"
-        return turns.start(spec, tenant=self.tenant, engine_request_id=engine_request_id)
+        return turns.start(
+            spec,
+            tenant=self.tenant,
+            engine_request_id=engine_request_id,
+            received_at=inflight.received_at,
+        )
 
-    def _start_or_forget(self, inflight: Inflight, spec: TurnSpec) -> Turn:
+    def track_turn(self, request_id: str, turn: Turn | None, *, add: bool) -> None:
+        """A plugin's turn joins (or leaves) its request, so that cancel reaches it."""
+        inflight = self.inflight.get(request_id)
+        if inflight is None or turn is None:
+            return
+        if add:
+            inflight.turns.append(turn)
+        elif turn in inflight.turns:
+            inflight.turns.remove(turn)
+
+    async def push(self, frame: ServerFrame) -> bool:
+        """Send a frame nobody asked for on this connection (a topic's event)."""
+        if self.state is not ConnectionState.READY:
+            return False
+        try:
+            await self.send(frame, self._hello_encoding)
+        except ConnectionGone:
+            return False
+        return True
+
+    def _start_or_forget(self, inflight: Inflight, spec: GenerateSpec) -> Turn:
         try:
             return self.start_turn(spec)
         except ProtocolError as error:
@@ -402,8 +489,16 @@ class Connection:
                     self._end(inflight)
                 await self.send(event, inflight.encoding)
 
+    async def _answer_score(self, inflight: Inflight, frame: Score) -> None:
+        turns = self.app.turns
+        if turns is None:
+            raise ProtocolError(ErrorCode.NOT_READY, "the model is not loaded")
+        scores = await turns.answer_score(frame, tenant=self.tenant)
+        self._end(inflight)
+        await self.send(scores, inflight.encoding)
+
     async def _run_plugin(self, inflight: Inflight, plugin: Plugin, frame: PluginFrame) -> None:
-        await plugin.handle(frame, self._context)
+        await plugin.handle(frame, self.app.plugin_context(self, plugin))
 
 
 def source_address(ws: ServerConnection) -> str:

@@ -1,36 +1,66 @@
-"""Loads plugins from entry points and implements plugins.api for them. No WebSocket code."""
+"""Loads plugins from entry points and implements plugins.api v2 for them. No WebSocket code.
+
+`PluginRegistry` checks what plugins declare; `ServerPluginHost` is one plugin's server-wide
+services (store, background tasks, topics, background turns); `ConnectionContext` is what a
+plugin gets for a frame on one connection. Connections reach it through the `PluginPeer`
+protocol, so this module never imports the connection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import aclosing
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from plugins.api import PLUGIN_API_VERSION, Plugin, TurnEvent
-from protocol import (
-    ChatMessage,
-    ErrorCode,
-    ErrorFrame,
-    Priority,
-    ProtocolError,
-    Sampling,
-    ServerFrame,
+from plugins.api import (
+    PLUGIN_API_VERSION,
+    GenerateSpec,
+    Plugin,
+    PluginHost,
+    Store,
+    TurnEvent,
 )
+from protocol import ChatMessage, ErrorCode, ProtocolError, ServerFrame
 from protocol.messages import RESERVED_NAMESPACES
 from protocol.validate import is_plugin_type
 
+from .config import SCOPES
 from .sessions import SessionStore
-from .turns import TurnSpec
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .plugin_store import PluginStore
+from .store import Store as StateStore
+from .topics import Subscriber, TopicHub
+from .turns import Turn, TurnRunner
 
 ENTRY_POINT_GROUP = "banterbox.plugins"
+log = logging.getLogger("banterbox.plugins")
 
 
 class PluginLoadError(RuntimeError):
     """An enabled plugin that is missing, of another API version, or clashing."""
+
+
+def _check(plugin: Plugin) -> None:
+    if plugin.api_version != PLUGIN_API_VERSION:
+        raise PluginLoadError(
+            f"plugin {plugin.name!r} speaks plugin API {plugin.api_version}, this server "
+            f"{PLUGIN_API_VERSION}: port it (plugins/README.md: GenerateSpec replaces "
+            "generate()'s keywords, `scopes` maps each frame type to its scope)"
+        )
+    for frame_type in plugin.frame_types:
+        namespace = frame_type.partition(".")[0]
+        if not is_plugin_type(frame_type) or namespace in RESERVED_NAMESPACES:
+            raise PluginLoadError(f"plugin {plugin.name!r}: bad frame type {frame_type!r}")
+        scope = plugin.scopes.get(frame_type)
+        if scope not in SCOPES:
+            raise PluginLoadError(
+                f"plugin {plugin.name!r}: frame type {frame_type!r} needs a scope, one of "
+                f"{', '.join(sorted(SCOPES))} (got {scope!r})"
+            )
 
 
 class PluginRegistry:
@@ -39,15 +69,8 @@ class PluginRegistry:
     def __init__(self, plugins: Sequence[Plugin]) -> None:
         by_type: dict[str, Plugin] = {}
         for plugin in plugins:
-            if plugin.api_version != PLUGIN_API_VERSION:
-                raise PluginLoadError(
-                    f"plugin {plugin.name!r} speaks plugin API {plugin.api_version}, "
-                    f"this server {PLUGIN_API_VERSION}"
-                )
+            _check(plugin)
             for frame_type in plugin.frame_types:
-                namespace = frame_type.partition(".")[0]
-                if not is_plugin_type(frame_type) or namespace in RESERVED_NAMESPACES:
-                    raise PluginLoadError(f"plugin {plugin.name!r}: bad frame type {frame_type!r}")
                 if frame_type in by_type:
                     raise PluginLoadError(
                         f"frame type {frame_type!r} claimed by {by_type[frame_type].name!r} "
@@ -61,6 +84,9 @@ class PluginRegistry:
     @property
     def capabilities(self) -> tuple[str, ...]:
         return (*sorted(p.name for p in self.plugins), *sorted(self.frame_types))
+
+    def scope_of(self, frame_type: str) -> str:
+        return self.by_type[frame_type].scopes[frame_type]
 
 
 def load_plugins(
@@ -80,6 +106,98 @@ def load_plugins(
     return PluginRegistry(plugins)
 
 
+class ServerPluginHost:
+    """plugins.api.PluginHost for one plugin: its store, tasks, topics and background turns."""
+
+    def __init__(
+        self,
+        plugin: str,
+        *,
+        backend: StateStore,
+        topics: TopicHub,
+        turns: Callable[[], TurnRunner | None],  # the runner, once the model is loaded
+    ) -> None:
+        self.plugin = plugin
+        self._backend = backend
+        self._topics = topics
+        self._turns = turns
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count()
+
+    def store(self, tenant: str) -> Store:
+        return PluginStore(self._backend, plugin=self.plugin, tenant=tenant)
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        task = asyncio.create_task(self._guard(work, name), name=f"{self.plugin}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("plugin %s: background task %s failed", self.plugin, name)
+
+    async def stop(self) -> None:
+        """Cancel every background task of the plugin and wait for them to end."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def emit(self, tenant: str, topic: str, frame: ServerFrame) -> int:
+        return await self._topics.emit(tenant, topic, frame)
+
+    def generate(self, tenant: str, spec: GenerateSpec) -> AsyncIterator[TurnEvent]:
+        engine_request_id = f"bg/{self.plugin}/{next(self._ids)}"
+        return _events(self._runner().start(
+            spec, tenant=tenant, engine_request_id=engine_request_id,
+            received_at=time.monotonic(),
+        ))  # fmt: skip
+
+    async def score(
+        self,
+        tenant: str,
+        *,
+        candidates: Sequence[str],
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage] | None = None,
+        system: str | None = None,
+    ) -> list[float]:
+        return await self._runner().score(
+            tenant=tenant, candidates=candidates, prompt=prompt, messages=messages, system=system
+        )
+
+    def _runner(self) -> TurnRunner:
+        runner = self._turns()
+        if runner is None:
+            raise ProtocolError(ErrorCode.NOT_READY, "the model is not loaded")
+        return runner
+
+
+async def _events(turn: Turn) -> AsyncIterator[TurnEvent]:
+    async with aclosing(turn.events()) as events:
+        async for event in events:
+            yield event
+
+
+class PluginPeer(Subscriber, Protocol):
+    """What a connection offers the context of a plugin frame."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def connection_id(self) -> str: ...
+
+    def start_turn(self, spec: GenerateSpec) -> Turn: ...
+
+    def track_turn(self, request_id: str, turn: Turn | None, *, add: bool) -> None: ...
+
+    async def send_for(self, frame: ServerFrame) -> None: ...
+
+
 class TenantSessions:
     """plugins.api.SessionAccess over one tenant's sessions."""
 
@@ -93,68 +211,84 @@ class TenantSessions:
     def metadata(self, session_id: str) -> Mapping[str, str]:
         return self._store.get(self._tenant, session_id).metadata
 
+    def open(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
+        return self._store.open(self._tenant, session_id, metadata)[1]
+
+    def close(self, session_id: str) -> None:
+        self._store.close(self._tenant, session_id)
+
     def append(self, session_id: str, message: ChatMessage) -> None:
-        self._store.get(self._tenant, session_id).messages.append(message)
+        self._store.append(self._tenant, session_id, message)
+
+    def truncate(self, session_id: str, num_messages: int) -> None:
+        self._store.truncate(self._tenant, session_id, num_messages)
 
 
 class ConnectionContext:
-    """plugins.api.PluginContext for one connection."""
+    """plugins.api.PluginContext for one connection and one plugin."""
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    def __init__(
+        self, peer: PluginPeer, *, host: ServerPluginHost, sessions: SessionStore, topics: TopicHub
+    ) -> None:
+        self._peer = peer
+        self._host = host
+        self._sessions = sessions
+        self._topics = topics
 
     @property
     def tenant(self) -> str:
-        return self._connection.tenant
+        return self._peer.tenant
 
     @property
     def connection_id(self) -> str:
-        return self._connection.connection_id
+        return self._peer.connection_id
 
     @property
     def sessions(self) -> TenantSessions:
-        return TenantSessions(self._connection.app.sessions, self._connection.tenant)
+        return TenantSessions(self._sessions, self._peer.tenant)
 
-    async def generate(
-        self,
-        *,
-        request_id: str,
-        messages: Sequence[ChatMessage] | None = None,
-        prompt: str | None = None,
-        session_id: str | None = None,
-        sampling: Sampling | None = None,
-        max_tokens: int | None = None,
-        stop: Sequence[str] = (),
-        priority: Priority = Priority.INTERACTIVE,
-        return_token_ids: bool = False,
-    ) -> AsyncIterator[TurnEvent]:
-        inflight = self._connection.inflight.get(request_id)
-        if inflight is None:
-            raise ValueError(f"generate: {request_id!r} is not a request in flight here")
-        spec = TurnSpec(
-            request_id=request_id,
-            messages=tuple(messages) if messages is not None else None,
-            prompt=prompt,
-            session_id=session_id,
-            sampling=sampling,
-            max_tokens=max_tokens,
-            stop=tuple(stop),
-            priority=priority,
-            return_token_ids=return_token_ids,
-            received_at=inflight.received_at,
-        )
-        turn = self._connection.start_turn(spec)
-        inflight.turns.append(turn)
+    @property
+    def store(self) -> Store:
+        return self._host.store(self._peer.tenant)
+
+    @property
+    def host(self) -> PluginHost:
+        return self._host
+
+    async def generate(self, spec: GenerateSpec) -> AsyncIterator[TurnEvent]:
+        turn = self._peer.start_turn(spec)
+        self._peer.track_turn(spec.request_id, turn, add=True)
         try:
             async with aclosing(turn.events()) as events:
                 async for event in events:
                     yield event
         finally:
-            inflight.turns.remove(turn)
+            self._peer.track_turn(spec.request_id, turn, add=False)
+
+    async def score(
+        self,
+        *,
+        candidates: Sequence[str],
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage] | None = None,
+        system: str | None = None,
+    ) -> list[float]:
+        return await self._host.score(
+            self._peer.tenant, candidates=candidates, prompt=prompt, messages=messages,
+            system=system,
+        )  # fmt: skip
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        self._host.spawn(work, name=name)
+
+    def subscribe(self, topic: str) -> None:
+        self._topics.subscribe(self._peer.tenant, topic, self._peer)
+
+    def unsubscribe(self, topic: str) -> None:
+        self._topics.unsubscribe(self._peer.tenant, topic, self._peer)
+
+    async def emit(self, topic: str, frame: ServerFrame) -> int:
+        return await self._topics.emit(self._peer.tenant, topic, frame)
 
     async def send(self, frame: ServerFrame) -> None:
-        await self._connection.send_for(frame)
-
-    async def fail(self, request_id: str | None, code: ErrorCode, message: str) -> None:
-        error = ProtocolError(code, message, request_id=request_id)
-        await self._connection.send_for(ErrorFrame.from_error(error))
+        await self._peer.send_for(frame)

@@ -18,6 +18,7 @@ from .auth import is_loopback
 from .config import ConfigError, ServerConfig, load_config, parse_env_keys, with_overrides
 from .engine.errors import EngineError
 from .plugin_host import PluginLoadError
+from .pull import default_model_path
 
 log = logging.getLogger("banterbox.serve")
 
@@ -109,10 +110,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"banterbox: error: {exc}", file=sys.stderr)
         return 2
-    from .cli import model_path
-
+    path = args.model if args.model is not None else default_model_path(os.environ)
     try:
-        return asyncio.run(_serve(config, model_path(args), args.chat_template))
+        return asyncio.run(_serve(config, path, args.chat_template))
     except (EngineError, PluginLoadError, OSError) as exc:
         print(f"banterbox: error: {exc}", file=sys.stderr)
         return 1

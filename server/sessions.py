@@ -74,9 +74,14 @@ class Session:
         # Session ids have no control characters, so the separator cannot be forged.
         return f"{self.tenant}\x1f{self.session_id}"
 
-    def prompt_messages(self, new: Sequence[ChatMessage]) -> list[ChatMessage]:
-        """System prompt + history + the new turn's messages, ready for the chat template."""
-        system = self.metadata.get(SYSTEM_KEY)
+    def prompt_messages(
+        self, new: Sequence[ChatMessage], *, system: str | None = None
+    ) -> list[ChatMessage]:
+        """System prompt + history + the new turn's messages, ready for the chat template.
+
+        A plugin's own system prompt (an NPC's card) takes the place of the session's.
+        """
+        system = system if system is not None else self.metadata.get(SYSTEM_KEY)
         head = [ChatMessage(role=Role.SYSTEM, content=system)] if system else []
         return [*head, *self.messages, *new]
 
@@ -324,6 +329,18 @@ class SessionStore:
         if self._sessions.get((session.tenant, session.session_id)) is session:
             del self._sessions[(session.tenant, session.session_id)]
             self._count(session, -1)
+
+    def append(self, tenant: str, session_id: str, message: ChatMessage) -> None:
+        """Add a message a plugin wrote (an event, a narration) to the transcript."""
+        session = self.get(tenant, session_id)
+        session.messages.append(message)
+        session.transcript = None  # the exact tokens no longer follow the messages
+
+    def truncate(self, tenant: str, session_id: str, num_messages: int) -> None:
+        """Keep the first num_messages messages; the KV is recomputed from what is left."""
+        session = self.get(tenant, session_id)
+        del session.messages[max(0, num_messages) :]
+        session.transcript = None
 
     async def commit_turn(
         self,

@@ -6,11 +6,12 @@ engine and metrics; never touches a WebSocket.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 
+from plugins.api import Constraint, ConstraintKind, GenerateSpec
 from protocol import (
     ChatMessage,
     Delta,
@@ -20,8 +21,12 @@ from protocol import (
     Generate,
     Priority,
     ProtocolError,
+    Role,
     Sampling,
+    Score,
+    Scores,
     Timings,
+    TokenLogprob,
     Usage,
 )
 
@@ -49,35 +54,43 @@ _PRIORITIES = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class TurnSpec:
-    """What a turn asks for, whoever asked (a generate frame or a plugin)."""
+def generate_spec(frame: Generate) -> GenerateSpec:
+    """The one list of generate parameters, from a client's `generate` frame."""
+    return GenerateSpec(
+        request_id=frame.request_id,
+        messages=frame.messages,
+        prompt=frame.prompt,
+        session_id=frame.session_id,
+        sampling=frame.sampling,
+        max_tokens=frame.max_tokens,
+        stop=frame.stop or (),
+        priority=frame.priority,
+        return_token_ids=frame.return_token_ids,
+        constraint=None
+        if frame.constraint is None
+        else Constraint(
+            ConstraintKind(frame.constraint.kind.value),
+            frame.constraint.source,
+            frame.constraint.choices,
+        ),
+        logprobs=frame.logprobs,
+        prefill_only=frame.prefill_only,
+    )
 
-    request_id: str  # the client's id, echoed in every frame
-    messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
-    session_id: str | None = None
-    sampling: Sampling | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    priority: Priority = Priority.INTERACTIVE
-    return_token_ids: bool = False
-    received_at: float = 0.0  # time.monotonic() when the frame arrived
 
-    @classmethod
-    def from_generate(cls, frame: Generate, received_at: float) -> TurnSpec:
-        return cls(
-            request_id=frame.request_id,
-            messages=frame.messages,
-            prompt=frame.prompt,
-            session_id=frame.session_id,
-            sampling=frame.sampling,
-            max_tokens=frame.max_tokens,
-            stop=frame.stop or (),
-            priority=frame.priority,
-            return_token_ids=frame.return_token_ids,
-            received_at=received_at,
+# JSON has no -inf: a token the model rules out is sent with this log-probability.
+_MIN_LOGPROB = -1e30
+
+
+def _wire_logprobs(entries: Sequence[engine_types.TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    return tuple(
+        TokenLogprob(
+            token_id=e.token_id,
+            logprob=max(e.logprob, _MIN_LOGPROB),
+            top=tuple((t, max(lp, _MIN_LOGPROB)) for t, lp in e.top),
         )
+        for e in entries
+    )
 
 
 def _invalid(field: str, message: str) -> ProtocolError:
@@ -101,7 +114,21 @@ def wire_error(exc: EngineError) -> ProtocolError:
     return ProtocolError(ErrorCode.INTERNAL, f"engine: {exc}")
 
 
-def sampling_params(spec: TurnSpec, default_max_tokens: int) -> engine_types.SamplingParams:
+def engine_constraint(constraint: Constraint | None) -> engine_types.Constraint | None:
+    """The plugin API's constraint as the engine's (the same four kinds)."""
+    if constraint is None:
+        return None
+    try:
+        return engine_types.Constraint(
+            engine_types.ConstraintKind(constraint.kind.value),
+            constraint.source,
+            constraint.choices,
+        )
+    except ValueError as exc:
+        raise _invalid("constraint", str(exc)) from None
+
+
+def sampling_params(spec: GenerateSpec, default_max_tokens: int) -> engine_types.SamplingParams:
     s = spec.sampling or Sampling()
     base = engine_types.SamplingParams()
     try:
@@ -123,6 +150,8 @@ def sampling_params(spec: TurnSpec, default_max_tokens: int) -> engine_types.Sam
             seed=s.seed,
             max_tokens=spec.max_tokens or default_max_tokens,
             stop=spec.stop,
+            constraint=engine_constraint(spec.constraint),
+            logprobs=spec.logprobs,
         )
     except ValueError as exc:  # plugins may pass values the codec never let through
         raise _invalid("sampling", str(exc)) from None
@@ -133,15 +162,17 @@ class Turn:
 
     def __init__(
         self,
-        spec: TurnSpec,
+        spec: GenerateSpec,
         stream: RequestStream,
         *,
+        received_at: float,
         session: Session | None,
         sessions: SessionStore,
         metrics: ServerMetrics,
         transcript: Callable[[Sequence[int]], Transcript],
     ) -> None:
         self.spec = spec
+        self.received_at = received_at  # time.monotonic() when the request's frame arrived
         self._stream = stream
         self._session = session
         self._sessions = sessions
@@ -158,7 +189,7 @@ class Turn:
         seq = 0
         reply: list[str] = []
         output_ids: list[int] = []
-        last_at = spec.received_at
+        last_at = self.received_at
         final: StreamDelta | None = None
         try:
             async for delta in self._stream:
@@ -166,11 +197,12 @@ class Turn:
                 output_ids.extend(delta.token_ids)
                 if delta.finish_reason is not None:
                     final = delta
-                if not (delta.text or (spec.return_token_ids and delta.token_ids)):
+                wants_tokens = spec.return_token_ids or spec.logprobs is not None
+                if not (delta.text or (wants_tokens and delta.token_ids)):
                     continue
                 if seq == 0:
                     first = self._stream.first_token_at or now
-                    self._metrics.ttft.observe(first - spec.received_at)
+                    self._metrics.ttft.observe(first - self.received_at)
                 else:
                     self._metrics.inter_token.observe(
                         (now - last_at) / max(1, len(delta.token_ids))
@@ -178,21 +210,27 @@ class Turn:
                 last_at = now
                 reply.append(delta.text)
                 token_ids = tuple(delta.token_ids) if spec.return_token_ids else None
+                logprobs = None if spec.logprobs is None else _wire_logprobs(delta.logprobs)
                 yield Delta(
-                    request_id=spec.request_id, seq=seq, text=delta.text, token_ids=token_ids
+                    request_id=spec.request_id,
+                    seq=seq,
+                    text=delta.text,
+                    token_ids=token_ids,
+                    logprobs=logprobs,
                 )
                 seq += 1
         except EngineError as exc:
             raise wire_error(exc) from None
         finally:
-            if self._session is not None:
+            if self._session is not None and not spec.prefill_only:
                 self._session.busy = False
             if not self._stream.finished:  # the consumer went away: free the engine now
                 self._stream.abandon()
         assert final is not None and final.finish_reason is not None
         finish = FinishReason(final.finish_reason.value)
         self._metrics.requests.labels(finish.value).inc()
-        if self._session is not None and finish is not FinishReason.CANCELLED:
+        recorded = spec.record and not spec.prefill_only  # a prefill says nothing to remember
+        if self._session is not None and recorded and finish is not FinishReason.CANCELLED:
             transcript = self._transcript(output_ids)
             # Durable before the done goes out: a done the client got is a turn it keeps.
             await self._sessions.commit_turn(
@@ -201,7 +239,7 @@ class Turn:
         yield self._done(final, finish)
 
     def _done(self, final: StreamDelta, finish: FinishReason) -> Done:
-        stream, received_at = self._stream, self.spec.received_at
+        stream, received_at = self._stream, self.received_at
         finished_at = stream.finished_at or time.monotonic()
         first_at = stream.first_token_at or finished_at
         return Done(
@@ -238,16 +276,21 @@ class TurnRunner:
         self._sessions = sessions
         self._metrics = metrics
         self._settings = settings
+        self._score_ids = itertools.count()
 
     @property
     def max_prompt_tokens(self) -> int:
         model_len = self._llm.info.max_model_len
         return min(self._settings.max_prompt_tokens or model_len, model_len - 1)
 
-    def start(self, spec: TurnSpec, *, tenant: str, engine_request_id: str) -> Turn:
+    def start(
+        self, spec: GenerateSpec, *, tenant: str, engine_request_id: str, received_at: float
+    ) -> Turn:
         """Tokenize and submit; raises ProtocolError for a turn that cannot start."""
         session: Session | None = None
         messages: Sequence[ChatMessage] | None = spec.messages
+        if spec.system is not None and messages is not None:
+            messages = [ChatMessage(role=Role.SYSTEM, content=spec.system), *messages]
         if spec.session_id is not None:
             session = self._sessions.get(tenant, spec.session_id)
             if spec.messages is None:
@@ -257,7 +300,7 @@ class TurnRunner:
                     ErrorCode.TOO_MANY_REQUESTS,
                     f"session {spec.session_id!r} already has a turn in flight",
                 )
-            messages = session.prompt_messages(spec.messages)
+            messages = session.prompt_messages(spec.messages, system=spec.system)
         history = session.transcript if session is not None else None
         prompt = self._encode(messages, spec.prompt, history)
         prompt_ids = prompt.token_ids
@@ -270,25 +313,101 @@ class TurnRunner:
             prompt_ids,
             sampling_params(spec, self._settings.default_max_tokens),
             request_id=engine_request_id,
-            priority=_PRIORITIES[spec.priority],
+            # A prefill is speculative work: it never delays a turn someone waits on.
+            priority=engine_types.Priority.BACKGROUND
+            if spec.prefill_only
+            else _PRIORITIES[spec.priority],
             session_id=session.engine_session_id if session is not None else None,
             # Tenants never share (so never observe) each other's cached prefixes.
             cache_salt=tenant,
+            prefill_only=spec.prefill_only,
         )
         try:
             stream = self._engine.submit(request)
         except EngineError as exc:
             raise wire_error(exc) from None
-        if session is not None:
-            session.busy = True
+        if session is not None and not spec.prefill_only:
+            session.busy = True  # prefills are superseded by the turn, never block it
         return Turn(
             spec,
             stream,
+            received_at=received_at,
             session=session,
             sessions=self._sessions,
             metrics=self._metrics,
             transcript=partial(self._llm.continue_transcript, prompt),
         )
+
+    async def score(
+        self,
+        *,
+        tenant: str,
+        candidates: Sequence[str],
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage] | None = None,
+        system: str | None = None,
+    ) -> list[float]:
+        """Log-probability of each candidate after the prompt (or the chat, ready for the
+        assistant's answer), salted by tenant like every turn; raises ProtocolError."""
+        if messages is not None and system is not None:
+            messages = [ChatMessage(role=Role.SYSTEM, content=system), *messages]
+        prompt_ids = self._encode(messages, prompt, None).token_ids
+        scored = await self._score(prompt_ids, candidates, tenant=tenant)
+        return list(scored.logprobs)
+
+    async def answer_score(self, frame: Score, *, tenant: str) -> Scores:
+        """A client's `score`: a session's prompt is its history then `messages`, as a turn
+        would render it; the session is read, never changed."""
+        messages: Sequence[ChatMessage] | None = frame.messages
+        history: Transcript | None = None
+        if frame.session_id is not None:
+            session = self._sessions.get(tenant, frame.session_id)
+            if frame.messages is None:
+                raise _invalid("prompt", "a session's score takes messages, not a raw prompt")
+            messages = session.prompt_messages(frame.messages)
+            history = session.transcript
+        prompt_ids = self._encode(messages, frame.prompt, history).token_ids
+        scored = await self._score(
+            prompt_ids, frame.candidates, tenant=tenant, priority=frame.priority
+        )
+        return Scores(
+            request_id=frame.request_id,
+            logprobs=scored.logprobs,
+            usage=Usage(
+                num_prompt_tokens=scored.num_prompt_tokens,
+                num_cached_tokens=scored.num_cached_tokens,
+                num_completion_tokens=0,
+            ),
+        )
+
+    async def _score(
+        self,
+        prompt_ids: Sequence[int],
+        candidates: Sequence[str],
+        *,
+        tenant: str,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> engine_types.ScoreOutput:
+        if not candidates:
+            raise _invalid("candidates", "give at least one")
+        candidate_ids = [self._llm.tokenizer.encode(text) for text in candidates]
+        if any(not ids for ids in candidate_ids):
+            raise _invalid("candidates", "a candidate must not be empty")
+        if len(prompt_ids) + max(map(len, candidate_ids)) > self.max_prompt_tokens:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"the prompt and its longest candidate exceed {self.max_prompt_tokens} tokens",
+            )
+        try:
+            return await self._engine.score(
+                prompt_ids,
+                candidate_ids,
+                request_id=f"score/{next(self._score_ids)}",
+                priority=_PRIORITIES[priority],
+                cache_salt=tenant,
+            )
+        except EngineError as exc:
+            raise wire_error(exc) from None
 
     def _encode(
         self,

@@ -9,19 +9,19 @@ turn's `delta` frames and its `done`, exactly like `generate`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from types import MappingProxyType
 
-from plugins.api import PLUGIN_API_VERSION, SCOPE_GENERATE, PluginContext
-from protocol import ChatMessage, ErrorCode, PluginFrame, ProtocolError, Role
+from plugins.api import SCOPE_GENERATE, BasePlugin, GenerateSpec, PluginContext
+from protocol import ChatMessage, PluginFrame, Role
+from protocol.payload import PayloadReader, identifier, integer, string
 
-T = TypeVar("T", str, int)
+_MAX_TEXT_CHARS = 262_144  # the core's max_string_chars default
 
 
-class ChatPlugin:
+class ChatPlugin(BasePlugin):
     name = "chat"
-    api_version = PLUGIN_API_VERSION
     frame_types = frozenset({"chat.say"})
-    scope = SCOPE_GENERATE
+    scopes = MappingProxyType({"chat.say": SCOPE_GENERATE})
 
     def __init__(self, settings: Mapping[str, object] | None = None) -> None:
         settings = settings or {}
@@ -31,36 +31,15 @@ class ChatPlugin:
         self.default_max_tokens = max_tokens  # when chat.say leaves max_tokens out
 
     async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None:
-        request_id = frame.request_id
-        if request_id is None:  # the codec requires ids on client plugin frames
-            raise ProtocolError(ErrorCode.INVALID_FIELD, "id: required")
-        text = _field(frame, "text", str, required=True) or ""
-        session_id = _field(frame, "session_id", str, required=False)
-        max_tokens = _field(frame, "max_tokens", int, required=False)
-        events = ctx.generate(
-            request_id=request_id,
-            messages=[ChatMessage(role=Role.USER, content=text)],
+        read = PayloadReader(frame)
+        text = read.required("text", string(max_chars=_MAX_TEXT_CHARS, non_empty=True))
+        session_id = read.optional("session_id", identifier(max_chars=128))
+        max_tokens = read.optional("max_tokens", integer(lo=1, hi=8192))
+        spec = GenerateSpec(
+            request_id=read.request_id,
+            messages=(ChatMessage(role=Role.USER, content=text),),
             session_id=session_id,
             max_tokens=max_tokens or self.default_max_tokens,
         )
-        async for event in events:
+        async for event in ctx.generate(spec):
             await ctx.send(event)
-
-
-def _field(frame: PluginFrame, name: str, kind: type[T], *, required: bool) -> T | None:
-    value = frame.payload.get(name)
-    if value is None:
-        if required:
-            raise _invalid(frame, f"{name}: required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise _invalid(frame, f"{name}: must be a {kind.__name__}")
-    if isinstance(value, str) and not value:
-        raise _invalid(frame, f"{name}: must not be empty")
-    if isinstance(value, int) and value < 1:
-        raise _invalid(frame, f"{name}: must be >= 1")
-    return value
-
-
-def _invalid(frame: PluginFrame, message: str) -> ProtocolError:
-    return ProtocolError(ErrorCode.INVALID_FIELD, message, request_id=frame.request_id)
