@@ -31,8 +31,7 @@ from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .plugin_host import ConnectionContext, PluginRegistry, ServerPluginHost, load_plugins
 from .sessions import Session, SessionStore
-from .store import Store, StoreUnavailable, open_store
-from .store import MemoryStore
+from .store import MemoryStore, Store, StoreUnavailable, open_store
 from .store import Store as StateStore
 from .topics import TopicHub
 from .turns import TurnRunner

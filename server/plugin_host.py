@@ -30,8 +30,8 @@ from protocol.messages import RESERVED_NAMESPACES
 from protocol.validate import is_plugin_type
 
 from .config import SCOPES
-from .sessions import SessionStore
 from .plugin_store import PluginStore
+from .sessions import SessionStore
 from .store import Store as StateStore
 from .topics import Subscriber, TopicHub
 from .turns import Turn, TurnRunner

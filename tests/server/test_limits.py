@@ -89,7 +89,8 @@ async def test_idle_sockets_cannot_lock_out_authenticated_clients(model: Path) -
     )
     async with running_server(model, config) as server:
         idle = [socket_from(server, "127.0.0.9") for _ in range(4)]
-        entered = [await cm.__aenter__() for cm in idle]
+        for cm in idle:
+            await cm.__aenter__()
         try:
             with pytest.raises(InvalidStatus) as refused:
                 async with socket_from(server, "127.0.0.9"):
@@ -149,14 +150,17 @@ async def test_wrong_keys_lock_the_address_out(model: Path) -> None:
 
 async def test_a_locked_address_gets_rate_limited_even_with_the_right_key(model: Path) -> None:
     config = fast_config(auth={"keys": KEYS}, server={"max_auth_failures_per_address": 1})
-    async with running_server(model, config) as server, socket_from(server, "127.0.0.7") as ws:
-        # A socket opened before the lockout still cannot try a key after it.
-        async with socket_from(server, "127.0.0.7") as early:
-            assert (await hello(ws, "nope")).code == "unauthorized"
-            answer = await hello(early, "k-alpha")
-            assert isinstance(answer, ErrorFrame)
-            assert (answer.code, answer.retryable) == ("rate_limited", True)
-            await asyncio.wait_for(early.wait_closed(), 10)
+    # A socket opened before the lockout still cannot try a key after it.
+    async with (
+        running_server(model, config) as server,
+        socket_from(server, "127.0.0.7") as ws,
+        socket_from(server, "127.0.0.7") as early,
+    ):
+        assert (await hello(ws, "nope")).code == "unauthorized"
+        answer = await hello(early, "k-alpha")
+        assert isinstance(answer, ErrorFrame)
+        assert (answer.code, answer.retryable) == ("rate_limited", True)
+        await asyncio.wait_for(early.wait_closed(), 10)
 
 
 async def test_metrics_need_a_key_when_auth_is_on(model: Path) -> None:
@@ -173,15 +177,18 @@ async def test_metrics_need_a_key_when_auth_is_on(model: Path) -> None:
 
 async def test_a_tenant_cannot_see_another_tenants_cached_prefix(model: Path) -> None:
     secret = {"prompt": "the secret system prompt of tenant alpha " * 4, "max_tokens": 1}
-    async with running_server(model, fast_config(auth={"keys": KEYS})) as server:
-        async with connect(url_of(server)) as alpha, connect(url_of(server)) as beta:
-            await hello(alpha, "k-alpha")
-            await hello(beta, "k-beta")
-            await turn(alpha, "a1", **secret)
-            again = (await turn(alpha, "a2", **secret))[-1]
-            guess = (await turn(beta, "b1", **secret))[-1]
-            assert isinstance(again, Done) and again.usage.num_cached_tokens > 0
-            assert isinstance(guess, Done) and guess.usage.num_cached_tokens == 0
+    async with (
+        running_server(model, fast_config(auth={"keys": KEYS})) as server,
+        connect(url_of(server)) as alpha,
+        connect(url_of(server)) as beta,
+    ):
+        await hello(alpha, "k-alpha")
+        await hello(beta, "k-beta")
+        await turn(alpha, "a1", **secret)
+        again = (await turn(alpha, "a2", **secret))[-1]
+        guess = (await turn(beta, "b1", **secret))[-1]
+        assert isinstance(again, Done) and again.usage.num_cached_tokens > 0
+        assert isinstance(guess, Done) and guess.usage.num_cached_tokens == 0
 
 
 async def test_closing_a_session_mid_turn_leaves_nothing_pinned(model: Path) -> None:

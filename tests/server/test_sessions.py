@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from protocol import ChatMessage, ProtocolError, Role
-from server.auth import AuthFailureLimiter, Authenticator, bearer_token, is_loopback
+from server.auth import Authenticator, AuthFailureLimiter, bearer_token, is_loopback
 from server.config import ApiKey, ConfigError, load_config, parse_env_keys, with_overrides
 from server.sessions import Opener, SessionStore
 
