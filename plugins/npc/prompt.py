@@ -96,6 +96,40 @@ def player_prompt(player: str, memory: Memory | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def system_prompt(card: Card, player: str, memory: Memory | None) -> str:
+    """A session's system prompt: the shared card part, then this player's part."""
+    return card_prompt(card) + player_prompt(player, memory)
+
+
+def scene_prompt(card: Card, others: Sequence[str]) -> str:
+    """A scene's system prompt for CARD: the shared card part, then who else is there."""
+    return card_prompt(card) + f"\nYou are in a scene with: {', '.join(others)}.\n"
+
+
+def session_note(
+    card: Card,
+    recent: Sequence[str],
+    world: Mapping[str, str],
+    *,
+    already: str,
+    max_lore: int = 3,
+) -> str:
+    """The note a session's next turn records before its line: lore that RECENT words trigger
+    and the world state, each left out when ALREADY (the transcript so far) holds it, so a
+    session's history stays a stable prefix and says each thing once."""
+    lore = [e for e in select_lore(card, recent, max_entries=max_lore) if e.text not in already]
+    world_line = _world_line(world)
+    parts = [world_line] if world_line and world_line not in already else []
+    parts += _bullets("You recall:", [entry.text for entry in lore])
+    return "\n".join(parts)
+
+
+def _world_line(world: Mapping[str, str]) -> str:
+    if not world:
+        return ""
+    return "The world now: " + "; ".join(f"{k} = {v}" for k, v in sorted(world.items()))
+
+
 def select_lore(
     card: Card, recent: Sequence[str], *, max_entries: int = 3
 ) -> tuple[LoreEntry, ...]:
@@ -111,9 +145,8 @@ def select_lore(
 
 def context_note(lore: Sequence[LoreEntry], world: Mapping[str, str]) -> str:
     """The per-turn note before the new line: world state and triggered lore ("" if neither)."""
-    parts: list[str] = []
-    if world:
-        parts.append("The world now: " + "; ".join(f"{k} = {v}" for k, v in sorted(world.items())))
+    world_line = _world_line(world)
+    parts = [world_line] if world_line else []
     parts += _bullets("You recall:", [entry.text for entry in lore])
     return "\n".join(parts)
 
@@ -121,17 +154,18 @@ def context_note(lore: Sequence[LoreEntry], world: Mapping[str, str]) -> str:
 def build_messages(
     card: Card,
     *,
+    system: str,
     player: str,
-    memory: Memory | None,
     history: Sequence[Line],
     line: Line | None,
     world: Mapping[str, str] | None = None,
     lore_window: int = 4,
     max_lore: int = 3,
 ) -> tuple[ChatMessage, ...]:
-    """The messages of CARD's next turn after HISTORY and the new LINE (None: the NPC speaks
-    next unprompted, as in a scene). LORE_WINDOW is how many recent lines trigger lore."""
-    system = card_prompt(card) + player_prompt(player, memory)
+    """The whole prompt of CARD's next turn without a server session (a scene): SYSTEM, then
+    HISTORY, a note of world and lore, and the new LINE (None: the NPC speaks unprompted).
+    Lines of PLAYER go in plain; other speakers' are prefixed with their name ("" for none).
+    LORE_WINDOW is how many recent lines trigger lore."""
     messages = [ChatMessage(role=Role.SYSTEM, content=system)]
     messages += [_message(card, player, past) for past in history]
     recent = [past.text for past in history[-lore_window:]]

@@ -10,7 +10,14 @@ import pytest
 from plugins.npc.cards import load_cards
 from plugins.npc.markup import Emotion
 from plugins.npc.memory import Memory, remember, touches_refused
-from plugins.npc.prompt import NARRATOR, Line, build_messages, card_prompt
+from plugins.npc.prompt import (
+    NARRATOR,
+    Line,
+    build_messages,
+    card_prompt,
+    session_note,
+    system_prompt,
+)
 from protocol import Role
 
 CARDS = load_cards(Path(__file__).parents[3] / "plugins" / "npc" / "cards")
@@ -21,19 +28,17 @@ DRAGON_LORE = "The dragon Skarn burned"
 def test_every_player_shares_the_cards_exact_bytes_first() -> None:
     prefix = card_prompt(BROM)
     old_friend = Memory(facts=("I am a miner.",), trust=0.5, affinity=0.3, num_sessions=2)
-    systems = [
-        build_messages(BROM, player=p, memory=m, history=(), line=Line(speaker=p, text="Hi"))[0]
-        for p, m in (("ann", None), ("bob", old_friend))
-    ]
-    assert all(s.role is Role.SYSTEM and s.content.startswith(prefix) for s in systems)
-    assert "I am a miner." in systems[1].content and "I am a miner." not in prefix
-    assert "not met before" in systems[0].content
+    systems = [system_prompt(BROM, p, m) for p, m in (("ann", None), ("bob", old_friend))]
+    assert all(s.startswith(prefix) for s in systems)
+    assert "I am a miner." in systems[1] and "I am a miner." not in prefix
+    assert "not met before" in systems[0]
 
 
 def test_lore_only_when_a_keyword_was_said_lately() -> None:
     def prompt(history: list[Line], text: str) -> str:
         line = Line(speaker="ann", text=text)
-        messages = build_messages(BROM, player="ann", memory=None, history=history, line=line)
+        system = system_prompt(BROM, "ann", None)
+        messages = build_messages(BROM, system=system, player="ann", history=history, line=line)
         return "\n".join(m.content for m in messages)
 
     assert DRAGON_LORE not in prompt([], "Nice anvil.")
@@ -54,8 +59,8 @@ def test_history_roles_and_the_per_turn_note() -> None:
     ]
     messages = build_messages(
         BROM,
+        system="card",
         player="ann",
-        memory=None,
         history=history,
         line=Line(speaker="ann", text="ore?"),
         world={"time": "night"},
@@ -74,6 +79,15 @@ def test_history_roles_and_the_per_turn_note() -> None:
     note = messages[5].content
     assert "time = night" in note and "Star-iron ore lies" in note
     assert messages[6].content == "ore?"
+
+
+def test_a_session_note_says_each_lore_entry_and_world_state_once() -> None:
+    world = {"time": "night"}
+    first = session_note(BROM, ["a dragon!"], world, already="")
+    assert "time = night" in first and DRAGON_LORE in first
+    assert session_note(BROM, ["the dragon again"], world, already=first) == ""
+    later = session_note(BROM, ["dragon"], {"time": "dawn"}, already=first)
+    assert later == "The world now: time = dawn"
 
 
 def test_memory_after_a_session() -> None:

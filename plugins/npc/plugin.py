@@ -1,0 +1,432 @@
+"""The npc plugin: character cards to talk to, one session per (player, npc), typed events,
+barge-in, prefill while typing, memory between sessions. Imports plugins.api and protocol only.
+
+Frames and their answers are in protocol/SPEC.md ("NPC dialogue"). What lives where: the
+transcript in the server session (so a turn reuses its KV); the session record, memories,
+world state and defined cards in the plugin's store; running turns and prefills in this
+object, per connection, only while they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from plugins.api import (
+    SCOPE_ADMIN,
+    SCOPE_GENERATE,
+    BasePlugin,
+    Constraint,
+    GenerateSpec,
+    PluginContext,
+    PluginHost,
+    Store,
+)
+from protocol import ChatMessage, ErrorCode, PluginFrame, Priority, ProtocolError, Role, Sampling
+from protocol.payload import PayloadReader, choice, integer, mapping, number, string
+
+from .cards import Card, CardError
+from .library import SAMPLE_CARDS, CardLibrary, load_folder
+from .markup import reply_grammar
+from .memory import Memory, remember
+from .prompt import session_note, system_prompt
+from .records import (
+    WORLD_KEY,
+    SessionRecord,
+    default_session_id,
+    memory_key,
+    session_key,
+)
+from .reply import heard
+from .turn import ReplyStream, Stoppable
+from .wire import frame, invalid, memory_payload, read_id, read_line, read_session_id
+
+_GENERATE = ("say", "interrupt", "typing", "open", "close", "memory", "event", "state")
+SCOPES: Mapping[str, str] = MappingProxyType(
+    {f"npc.{name}": SCOPE_GENERATE for name in _GENERATE} | {"npc.define": SCOPE_ADMIN}
+)
+MAX_CARD_CHARS = 65536
+
+
+class MemoryOp(enum.StrEnum):
+    GET = "get"
+    SET = "set"
+    FORGET = "forget"
+
+
+class NpcPlugin(BasePlugin):
+    name = "npc"
+    frame_types = frozenset(SCOPES)
+    scopes = SCOPES
+
+    def __init__(self, settings: Mapping[str, object] | None = None) -> None:
+        settings = settings or {}
+        folder = settings.get("cards", str(SAMPLE_CARDS))
+        if not isinstance(folder, str):
+            raise ValueError(f"npc.cards must be a folder's path, got {folder!r}")
+        self.max_tokens = _setting_int(settings, "max_tokens", 64)  # a reply's default cap
+        self.temperature = _setting_float(settings, "temperature", 0.7)  # unless npc.say says
+        self.lore_window = _setting_int(settings, "lore_window", 4)  # lines that trigger lore
+        self.library = CardLibrary(load_folder(Path(folder)))
+        self._host: PluginHost | None = None
+        # Running work, keyed by who may stop it: replies by (connection, request id), the
+        # prefill of a session by (tenant, session id).
+        self._replies: dict[tuple[str, str], tuple[str, ReplyStream]] = {}
+        self._prefills: dict[tuple[str, str], Stoppable[object]] = {}
+
+    async def start(self, host: PluginHost) -> None:
+        self._host = host
+
+    async def on_session_closed(self, tenant: str, session_id: str) -> None:
+        if self._host is not None:
+            await self._end_session(self._host.store(tenant), session_id)
+
+    async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None:
+        read = PayloadReader(frame)
+        handler = {
+            "npc.say": self._say,
+            "npc.interrupt": self._interrupt,
+            "npc.typing": self._typing,
+            "npc.open": self._open,
+            "npc.close": self._close,
+            "npc.memory": self._memory,
+            "npc.define": self._define,
+            "npc.event": self._event,
+            "npc.state": self._state,
+        }[frame.type]
+        await handler(read, ctx)
+
+    # --- turns ---------------------------------------------------------------------------
+
+    async def _say(self, read: PayloadReader, ctx: PluginContext) -> None:
+        request_id = read.request_id
+        record, card, opened = await self._session(read, ctx, open_missing=True)
+        text = read_line(read)
+        max_tokens = read.optional("max_tokens", integer(lo=1, hi=4096)) or self.max_tokens
+        temperature = read.optional("temperature", number(lo=0.0, hi=2.0))
+        seed = read.optional("seed", integer(lo=0, hi=2**63 - 1))
+        if opened:
+            await ctx.send(self._session_frame(request_id, record, card, resumed=False))
+        session_id = record.session_id
+        await self._stop_prefill(ctx.tenant, session_id)
+        messages = await self._turn_messages(ctx, card, session_id, text)
+        spec = GenerateSpec(
+            request_id=request_id,
+            messages=messages,
+            system=system_prompt(card, record.player, record.memory),
+            session_id=session_id,
+            sampling=Sampling(
+                temperature=self.temperature if temperature is None else temperature, seed=seed
+            ),
+            max_tokens=max_tokens,
+            constraint=Constraint.grammar(reply_grammar(card)),
+        )
+        reply = ReplyStream(card, ctx.send)
+        key = (ctx.connection_id, request_id)
+        self._replies[key] = (session_id, reply)
+        try:
+            done = await reply.stream(ctx, spec)
+        finally:
+            del self._replies[key]
+        cut = heard(reply.pieces, heard_chars=reply.heard_chars)
+        if done is None:  # interrupted: the server keeps nothing of a cancelled turn
+            for message in messages:
+                ctx.sessions.append(session_id, message)
+            if cut.markup:
+                ctx.sessions.append(
+                    session_id, ChatMessage(role=Role.ASSISTANT, content=cut.markup)
+                )
+        elif reply.splitter.num_dropped:  # a span cut by max_tokens: keep only whole events
+            num_messages = len(ctx.sessions.transcript(session_id))
+            ctx.sessions.truncate(session_id, num_messages - 1)
+            ctx.sessions.append(session_id, ChatMessage(role=Role.ASSISTANT, content=cut.markup))
+        latest = await self._record(ctx.store, session_id) or record
+        await ctx.store.set(session_key(session_id), latest.after_turn(text, cut.events).to_json())
+        if done is None:
+            await ctx.send(
+                frame(
+                    "npc.interrupted",
+                    request_id,
+                    turn_id=request_id,
+                    heard_chars=len(cut.speech),
+                    text=cut.speech,
+                )
+            )
+        else:
+            await ctx.send(done)
+
+    async def _interrupt(self, read: PayloadReader, ctx: PluginContext) -> None:
+        turn_id = read.required("turn_id", string(max_chars=200, non_empty=True))
+        heard_chars = read.required("heard_chars", integer(lo=0, hi=1_000_000))
+        running = self._replies.get((ctx.connection_id, turn_id))
+        if running is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"turn_id: no npc.say {turn_id!r} is running on this connection",
+                request_id=read.request_id,
+                field="turn_id",
+            )
+        reply = running[1]
+        await reply.interrupt(min(heard_chars, reply.splitter.num_speech_chars))
+        cut = heard(reply.pieces, heard_chars=reply.heard_chars)
+        await ctx.send(
+            frame(
+                "npc.interrupted",
+                read.request_id,
+                turn_id=turn_id,
+                heard_chars=len(cut.speech),
+                text=cut.speech,
+            )
+        )
+
+    async def _typing(self, read: PayloadReader, ctx: PluginContext) -> None:
+        request_id = read.request_id
+        record, card, _ = await self._session(read, ctx, open_missing=True)
+        text = read.required("text", string(max_chars=2000))
+        session_id = record.session_id
+        key = (ctx.tenant, session_id)
+        speaking = any(sid == session_id for sid, _ in self._replies.values())
+        if speaking:  # the NPC is still talking: the say after this line prefills itself
+            await ctx.send(frame("npc.typed", request_id, session_id=session_id, prefilled=False))
+            return
+        await self._stop_prefill(ctx.tenant, session_id)
+        messages = await self._turn_messages(ctx, card, session_id, text)
+        spec = GenerateSpec(
+            request_id=request_id,
+            messages=messages,
+            system=system_prompt(card, record.player, record.memory),
+            session_id=session_id,
+            max_tokens=1,
+            priority=Priority.BACKGROUND,
+            prefill_only=True,
+            record=False,
+        )
+        prefill: Stoppable[object] = Stoppable()
+        self._prefills[key] = prefill
+
+        async def warm() -> object:
+            async for _ in ctx.generate(spec):
+                pass
+            return True
+
+        try:
+            finished = await prefill.run(warm)
+        finally:
+            if self._prefills.get(key) is prefill:
+                del self._prefills[key]
+        await ctx.send(
+            frame(
+                "npc.typed",
+                request_id,
+                session_id=session_id,
+                prefilled=finished is not None,
+                superseded=finished is None,
+            )
+        )
+
+    async def _stop_prefill(self, tenant: str, session_id: str) -> None:
+        prefill = self._prefills.pop((tenant, session_id), None)
+        if prefill is not None:
+            await prefill.stop()
+
+    async def _turn_messages(
+        self, ctx: PluginContext, card: Card, session_id: str, text: str
+    ) -> tuple[ChatMessage, ...]:
+        transcript = ctx.sessions.transcript(session_id)
+        spoken = [m.content for m in transcript if m.role is not Role.SYSTEM]
+        recent = [*spoken[-self.lore_window :], text]
+        already = "\n".join(m.content for m in transcript if m.role is Role.SYSTEM)
+        world = await _world(ctx.store)
+        note = session_note(card, recent, world, already=already)
+        line = ChatMessage(role=Role.USER, content=text)
+        return (ChatMessage(role=Role.SYSTEM, content=note), line) if note else (line,)
+
+    # --- sessions and memory --------------------------------------------------------------
+
+    async def _session(
+        self, read: PayloadReader, ctx: PluginContext, *, open_missing: bool
+    ) -> tuple[SessionRecord, Card, bool]:
+        """The session a frame names (session_id, or npc + player), its card, and whether
+        this frame opened it. session_not_found for a session_id that is not open."""
+        session_id = read_session_id(read)
+        if session_id is not None:
+            record = await self._record(ctx.store, session_id)
+            if record is None:
+                raise ProtocolError(
+                    ErrorCode.SESSION_NOT_FOUND,
+                    f"session_id: no open npc session {session_id!r}",
+                    request_id=read.request_id,
+                    field="session_id",
+                )
+            return record, await self._card(ctx.store, read.request_id, record.card_id), False
+        card = await self._card(ctx.store, read.request_id, read_id(read, "npc"))
+        player = read_id(read, "player")
+        session_id = default_session_id(card.card_id, player)
+        record = await self._record(ctx.store, session_id)
+        if record is not None or not open_missing:
+            if record is None:
+                raise ProtocolError(
+                    ErrorCode.SESSION_NOT_FOUND,
+                    f"no open session of {player!r} with {card.card_id!r}",
+                    request_id=read.request_id,
+                )
+            ctx.sessions.open(session_id, {"npc": card.card_id, "player": player})
+            return record, card, False
+        memory = await _memory(ctx.store, card.card_id, player)
+        ctx.sessions.open(session_id, {"npc": card.card_id, "player": player})
+        record = SessionRecord(
+            session_id=session_id, card_id=card.card_id, player=player, memory=memory
+        )
+        await ctx.store.set(session_key(session_id), record.to_json())
+        return record, card, True
+
+    async def _card(self, store: Store, request_id: str, card_id: str) -> Card:
+        card = await self.library.get(store, card_id)
+        if card is None:
+            raise invalid(request_id, "npc", f"no character card {card_id!r}")
+        return card
+
+    @staticmethod
+    async def _record(store: Store, session_id: str) -> SessionRecord | None:
+        raw = await store.get(session_key(session_id))
+        return SessionRecord.from_json(raw) if isinstance(raw, str) else None
+
+    def _session_frame(
+        self, request_id: str, record: SessionRecord, card: Card, *, resumed: bool
+    ) -> PluginFrame:
+        return frame(
+            "npc.session",
+            request_id,
+            session_id=record.session_id,
+            npc=card.card_id,
+            player=record.player,
+            resumed=resumed,
+            greeting=card.greeting,
+            memory=memory_payload(record.memory),
+        )
+
+    async def _open(self, read: PayloadReader, ctx: PluginContext) -> None:
+        record, card, opened = await self._session(read, ctx, open_missing=True)
+        await ctx.send(self._session_frame(read.request_id, record, card, resumed=not opened))
+
+    async def _close(self, read: PayloadReader, ctx: PluginContext) -> None:
+        record, _, _ = await self._session(read, ctx, open_missing=False)
+        await self._stop_prefill(ctx.tenant, record.session_id)
+        memory = await self._end_session(ctx.store, record.session_id)
+        # A server session that already expired leaves the memory written all the same.
+        with contextlib.suppress(ProtocolError):
+            ctx.sessions.close(record.session_id)
+        payload = memory_payload(memory)
+        await ctx.send(
+            frame("npc.closed", read.request_id, session_id=record.session_id, memory=payload)
+        )
+
+    async def _end_session(self, store: Store, session_id: str) -> Memory | None:
+        """Write the memory of an ending session (once, whoever ends it first)."""
+        record = await self._record(store, session_id)
+        if record is None or not await store.delete(session_key(session_id)):
+            return None
+        card = await self.library.get(store, record.card_id)
+        if card is None:  # a defined card deleted since: nothing to weigh emotions with
+            return None
+        previous = await _memory(store, record.card_id, record.player)
+        memory = remember(previous, card, record.player_lines, record.shown())
+        await store.set(memory_key(record.card_id, record.player), memory.to_json())
+        return memory
+
+    async def _memory(self, read: PayloadReader, ctx: PluginContext) -> None:
+        card = await self._card(ctx.store, read.request_id, read_id(read, "npc"))
+        player = read_id(read, "player")
+        op = read.required("op", choice(MemoryOp))
+        key = memory_key(card.card_id, player)
+        memory = await _memory(ctx.store, card.card_id, player)
+        if op is MemoryOp.SET:
+            edits = read.required("memory", mapping)
+            try:
+                memory = Memory.from_mapping({str(k): v for k, v in edits.items()}, base=memory)
+            except ValueError as exc:
+                raise invalid(read.request_id, "memory", str(exc)) from None
+            await ctx.store.set(key, memory.to_json())
+        elif op is MemoryOp.FORGET:
+            await ctx.store.delete(key)
+            memory = None
+            await self._forget_open_session(ctx.store, card.card_id, player)
+        await ctx.send(
+            frame(
+                "npc.memory",
+                read.request_id,
+                npc=card.card_id,
+                player=player,
+                memory=memory_payload(memory),
+            )
+        )
+
+    async def _forget_open_session(self, store: Store, card_id: str, player: str) -> None:
+        """The right to erase reaches the open session too: its lines so far, its memory."""
+        session_id = default_session_id(card_id, player)
+        if await self._record(store, session_id) is not None:
+            fresh = SessionRecord(session_id=session_id, card_id=card_id, player=player)
+            await store.set(session_key(session_id), fresh.to_json())
+
+    # --- cards, events, world -------------------------------------------------------------
+
+    async def _define(self, read: PayloadReader, ctx: PluginContext) -> None:
+        card_id = read_id(read, "npc")
+        text = read.required("card", string(max_chars=MAX_CARD_CHARS, non_empty=True))
+        try:
+            card = await self.library.define(ctx.store, card_id, text)
+        except CardError as exc:
+            raise invalid(read.request_id, "card", str(exc)) from None
+        await ctx.send(frame("npc.defined", read.request_id, npc=card.card_id, name=card.name))
+
+    async def _event(self, read: PayloadReader, ctx: PluginContext) -> None:
+        record, _, _ = await self._session(read, ctx, open_missing=True)
+        text = read_line(read)
+        narration = ChatMessage(role=Role.SYSTEM, content=f"(In the game: {text})")
+        ctx.sessions.append(record.session_id, narration)
+        await ctx.send(frame("npc.noted", read.request_id, session_id=record.session_id))
+
+    async def _state(self, read: PayloadReader, ctx: PluginContext) -> None:
+        changes = read.optional("vars", mapping) or {}
+        world = dict(await _world(ctx.store))
+        for key, value in changes.items():
+            if not isinstance(key, str) or not 0 < len(key) <= 64:
+                raise invalid(read.request_id, "vars", "names must be 1-64 character strings")
+            if not isinstance(value, str) or len(value) > 200:
+                raise invalid(read.request_id, f"vars.{key}", "must be a string of <= 200")
+            if value:
+                world[key] = value
+            else:
+                world.pop(key, None)
+        if changes:
+            await ctx.store.set(WORLD_KEY, dict(world))
+        await ctx.send(frame("npc.state", read.request_id, vars=world))
+
+
+async def _memory(store: Store, card_id: str, player: str) -> Memory | None:
+    raw = await store.get(memory_key(card_id, player))
+    return Memory.from_json(raw) if isinstance(raw, str) else None
+
+
+async def _world(store: Store) -> Mapping[str, str]:
+    raw = await store.get(WORLD_KEY)
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(v, str)}
+
+
+def _setting_int(settings: Mapping[str, object], name: str, default: int) -> int:
+    value = settings.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"npc.{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _setting_float(settings: Mapping[str, object], name: str, default: float) -> float:
+    value = settings.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+        raise ValueError(f"npc.{name} must be a number in [0, 2], got {value!r}")
+    return float(value)
