@@ -58,10 +58,11 @@ def fold(text: str) -> Folded:
 
 def fold_phrase(phrase: str) -> str:
     """A term or lexicon phrase folded like messages are, `*` wildcards kept."""
-    parts = [
-        "*".join(fold_word(piece) for piece in word.split("*")) for word in lower(phrase).split()
-    ]
-    return " ".join(part for part in parts if part)
+    words = []
+    for word in lower(phrase).split():
+        pieces = [" ".join(fold_word(t) for t in _TOKEN.findall(p)) for p in word.split("*")]
+        words.append("*".join(pieces))
+    return " ".join(word for word in words if word.strip("*"))
 
 
 def _strip_marks(text: str) -> str:
