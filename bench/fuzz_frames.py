@@ -1,8 +1,9 @@
 """Hostile client frames for `bench fuzz` and the in-suite fuzz test: seeded, no I/O, no server.
 
-Step `index` of seed `seed` is always the same frames (each step has its own Random), so a
-failure names a step that replays alone. A step is one to three WebSocket messages sent back
-to back, each a `Shot` that says whether it must be answered and by which request id.
+Step `index` of seed `seed` is always the same frames (each step has its own Random) for the
+same limits, vocabulary size and protocol/vectors, so a failure names a step that replays
+alone. A step is one to three WebSocket messages sent back to back, each a `Shot` that says
+whether it must be answered and by which request id.
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # as the server's parser: NaN and Infinity refused
+
+
 def _load_bases() -> list[dict[str, Any]]:
     bases = []
     for path in sorted(VECTORS.glob("client-*.json")):
@@ -184,26 +189,27 @@ class FrameGenerator:
         expect: Expect = Expect.ANSWER,
     ) -> Shot:
         data = encode(frame, encoding or rng.choice(("msgpack", "json")))
+        view = self._server_view(data)
+        frame_type = view.get("type") if view is not None else None
         request_id = None
-        frame_type = None
-        if isinstance(frame, dict) and self._parsable(frame, data):
-            request_id = clean_id(frame.get("id"), max_chars=self.limits.max_request_id_chars)
-            frame_type = frame.get("type")
+        if view is not None and frame_type != "hello":  # a hello is no request: errors say null
+            request_id = clean_id(view.get("id"), max_chars=self.limits.max_request_id_chars)
         streams = frame_type in ("generate", "chat.say")
         return Shot(data=data, label=label, request_id=request_id, expect=expect, streams=streams)
 
-    def _parsable(self, frame: object, data: bytes | str) -> bool:
-        """Whether the server can parse the frame at all, and so read its id."""
-        if len(data) > self.limits.max_frame_bytes:
-            return False
+    def _server_view(self, data: bytes | str) -> dict[object, object] | None:
+        """The map the server decodes from data (bytes turned hex in JSON, say), if it can."""
+        size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+        if size > self.limits.max_frame_bytes:
+            return None
         try:
-            if isinstance(data, bytes):
-                msgpack.packb(frame, use_bin_type=True)  # strict: no lone surrogates
+            if isinstance(data, str):
+                obj = json.loads(data, parse_constant=_no_constant)
             else:
-                json.dumps(frame, allow_nan=False, default=_json_default)
-        except (UnicodeEncodeError, ValueError):
-            return False
-        return True
+                obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except (ValueError, RecursionError, msgpack.UnpackException):
+            return None
+        return obj if isinstance(obj, dict) else None
 
     def _step(self, index: int, *shots: Shot, fresh: bool = False) -> Step:
         return Step(seed=self.seed, index=index, shots=shots, fresh=fresh)
