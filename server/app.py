@@ -31,8 +31,7 @@ from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .plugin_host import ConnectionContext, PluginRegistry, ServerPluginHost, load_plugins
 from .sessions import Session, SessionStore
-from .store import MemoryStore, Store, StoreUnavailable, open_store
-from .store import Store as StateStore
+from .store import Store, StoreUnavailable, open_store
 from .topics import TopicHub
 from .turns import TurnRunner
 
@@ -49,7 +48,6 @@ class BanterboxServer:
         plugins: PluginRegistry | None = None,
         authenticator: Authenticator | None = None,
         store: Store | None = None,
-        plugin_backend: StateStore | None = None,
     ) -> None:
         self.config = config
         self.plugins = plugins or load_plugins(config.plugins.enabled, config.plugins.settings)
@@ -80,10 +78,10 @@ class BanterboxServer:
         self.turns: TurnRunner | None = None
         self.connections: set[Connection] = set()
         self.topics = TopicHub()
-        backend = plugin_backend or MemoryStore()
+        # Plugins keep their state in the server's store: durable and shared where it is.
         self._plugin_hosts = {
             plugin.name: ServerPluginHost(
-                plugin.name, backend=backend, topics=self.topics, turns=lambda: self.turns
+                plugin.name, backend=self.store, topics=self.topics, turns=lambda: self.turns
             )
             for plugin in self.plugins.plugins
         }
