@@ -77,7 +77,7 @@ class BanterboxServer:
         self.engine: AsyncEngine | None = None
         self.turns: TurnRunner | None = None
         self.connections: set[Connection] = set()
-        self.topics = TopicHub()
+        self.topics = TopicHub(relay=self.store)  # across replicas on a shared store
         # Plugins keep their state in the server's store: durable and shared where it is.
         self._plugin_hosts = {
             plugin.name: ServerPluginHost(
@@ -207,6 +207,7 @@ class BanterboxServer:
         for plugin in self.plugins.plugins:
             await plugin.stop()
             await self._plugin_hosts[plugin.name].stop()
+        await self.topics.close()
         if self.engine is not None:
             await self.engine.stop()
         await self.store.close()

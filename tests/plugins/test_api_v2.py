@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from probe_plugin import ProbePlugin
+from redis_server import RedisServer, redis_server
 from server_harness import encode, fast_config, poll, recv_frame, write_tiny_model
 from websockets.asyncio.client import ClientConnection
 
@@ -17,6 +18,9 @@ from protocol import Delta, Done, ErrorFrame, PluginFrame, SessionInfo, Welcome
 from server.app import BanterboxServer
 from server.engine.llm import LLM
 from server.plugin_host import PluginLoadError, PluginRegistry
+from server.store import open_store
+
+__all__ = ["redis_server"]  # the fixture, for the fleet test
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +29,11 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _Server:
-    def __init__(self, model: Path) -> None:
+    def __init__(self, model: Path, *, store_url: str = "memory://") -> None:
         self.plugin = ProbePlugin()
-        self.server = BanterboxServer(fast_config(), plugins=PluginRegistry([self.plugin]))
+        self.server = BanterboxServer(
+            fast_config(), plugins=PluginRegistry([self.plugin]), store=open_store(store_url)
+        )
         self._model = model
 
     async def __aenter__(self) -> _Server:
@@ -94,6 +100,33 @@ async def test_emit_reaches_subscribed_connections_and_spawned_work_runs(model: 
             await poll(lambda: s.server.topics.num_subscribers("default", "scene-1") == 0)
         finally:
             for ws in (quiet, speaker):
+                await ws.close()
+
+
+async def test_emit_reaches_subscribers_on_another_replica(
+    model: Path, redis_server: RedisServer
+) -> None:
+    async with (
+        _Server(model, store_url=redis_server.url) as one,
+        _Server(model, store_url=redis_server.url) as two,
+    ):
+        fan, speaker = await _connect(one.server), await _connect(two.server)
+        try:
+            await _ask(fan, "probe.follow", "f", topic="arena")
+            for attempt in range(50):  # the replica subscribes on the store in the background
+                await _ask(speaker, "probe.announce", f"a{attempt}", topic="arena", text="go")
+                try:
+                    news = await recv_frame(fan, timeout_s=0.1)
+                    break
+                except TimeoutError:
+                    continue
+            assert isinstance(news, PluginFrame) and news.payload == {"text": "go"}
+            # Store state is shared too: a counter from both replicas counts once each.
+            await _ask(fan, "probe.remember", "r1", key="k", value="v")
+            counted = await _ask(speaker, "probe.remember", "r2", key="k", value="v")
+            assert counted.payload["count"] == 2
+        finally:
+            for ws in (fan, speaker):
                 await ws.close()
 
 
