@@ -69,7 +69,10 @@ def _sampling(sampling: Sampling) -> Wire:
         "frequency_penalty": sampling.frequency_penalty,
         "seed": sampling.seed,
         # Int keys: msgpack keeps them, json.dumps writes them as the strings readers accept.
-        "logit_bias": None if sampling.logit_bias is None else dict(sampling.logit_bias),
+        # Ascending token ids: the one order any encoder can reproduce (SPEC §10).
+        "logit_bias": None
+        if sampling.logit_bias is None
+        else dict(sorted(sampling.logit_bias.items())),
     }
     return {name: value for name, value in fields.items() if value is not None}
 

@@ -94,3 +94,17 @@ def test_invalid_vector_gives_its_code(file_name: str, code: str) -> None:
     with pytest.raises(ProtocolError) as info:
         decode_client_frame(data)
     assert info.value.code == ErrorCode(code)
+
+
+def test_logit_bias_is_written_in_ascending_token_id_order() -> None:
+    import msgpack
+
+    from protocol import Generate, Sampling
+
+    for order in ([198, 2, 50], [2, 50, 198], [50, 198, 2]):
+        bias = {token_id: float(token_id) for token_id in order}
+        frame = Generate(request_id="b", prompt="hi", sampling=Sampling(logit_bias=bias))
+        packed = msgpack.unpackb(encode_frame(frame, Encoding.MSGPACK), strict_map_key=False)
+        assert list(packed["sampling"]["logit_bias"]) == [2, 50, 198]
+        text = json.loads(encode_frame(frame, Encoding.JSON))
+        assert list(text["sampling"]["logit_bias"]) == ["2", "50", "198"]
