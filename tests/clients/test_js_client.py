@@ -1,4 +1,4 @@
-"""The JavaScript SDK (clients/js) under node's test runner, against a real server on the tiny model."""
+"""The JavaScript client (clients/js) under node's test runner, against a real tiny-model server."""
 
 from __future__ import annotations
 
