@@ -1,15 +1,19 @@
-"""`python -m bench chat`: live-stream chat at R msgs/s through the moderation plugin; no plots.
+"""`python -m bench chat`: live-stream chat through the moderation plugin; no plots.
 
-Each message is a `mod.check` plugin frame; its latency is the time to the first frame that
-answers it (the verdict), reported in the TTFT columns. A server without the moderation
-plugin is refused up front with one line, so a run never measures errors.
+Open loop (default): `mod.check` frames at R msgs/s (Poisson); a message's latency is the
+time to its `mod.verdict`, reported in the TTFT columns. Batch mode (`--batch N`): closed
+loop, `--concurrency` `mod.check_batch` frames of N messages in flight, reporting messages/s
+and the batch latency. A server without the moderation plugin is refused up front with one
+line, so a run never measures errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from .npc import load_lines
 from .report import default_json_path, level_result, write_report
 
 MODERATION_FRAME = "mod.check"
+BATCH_FRAME = "mod.check_batch"
 
 
 class MissingPluginError(Exception):
@@ -37,11 +42,18 @@ def require_moderation(welcome: Any, url: str) -> None:
         )
 
 
-async def _check(client: Any, text: str, index: int) -> RequestTimeline:
+def _message(text: str, index: int, num_users: int) -> dict[str, object]:
+    viewer = f"viewer-{index % num_users}"
+    return {"message_id": str(index), "user": {"id": viewer, "name": viewer}, "text": text}
+
+
+async def _check(client: Any, text: str, index: int, num_users: int) -> RequestTimeline:
     from server.client import BanterboxError
 
     stream = client.send_plugin(
-        MODERATION_FRAME, {"text": text, "user_id": f"viewer-{index % 50}", "channel_id": "bench"}
+        MODERATION_FRAME,
+        {"channel": "bench", **_message(text, index, num_users)},
+        end_types=frozenset({"mod.verdict"}),
     )
     start = time.perf_counter()
     try:
@@ -69,12 +81,62 @@ async def _run_chat(args: argparse.Namespace) -> list[RequestTimeline]:
             if offset >= args.duration:
                 break
             await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
-            task = asyncio.create_task(_check(client, rng.choice(messages), index))
+            task = asyncio.create_task(_check(client, rng.choice(messages), index, args.users))
             task.add_done_callback(lambda _: bar.update())
             tasks.append(task)
         timelines = list(await asyncio.gather(*tasks))
         bar.close()
     return timelines
+
+
+async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
+    from server.client import BanterboxClient
+
+    texts = load_lines("chat_messages")
+    rng = random.Random(args.seed)
+    latencies: list[float] = []
+    num_sent = 0
+    async with BanterboxClient.connect(args.url, api_key=args.api_key) as client:
+        require_moderation(client.welcome, args.url)
+        if BATCH_FRAME not in tuple(client.welcome.capabilities):
+            raise MissingPluginError(f"server at {args.url} has no {BATCH_FRAME}")
+        started = time.perf_counter()
+        deadline = started + args.duration
+
+        async def worker() -> None:
+            nonlocal num_sent
+            while time.perf_counter() < deadline:
+                first = num_sent
+                num_sent += args.batch
+                batch = [
+                    _message(rng.choice(texts), first + n, args.users) for n in range(args.batch)
+                ]
+                sent = time.perf_counter()
+                stream = client.send_plugin(
+                    BATCH_FRAME,
+                    {"channel": "bench", "messages": batch},
+                    end_types=frozenset({"mod.verdicts"}),
+                )
+                async for frame in stream:
+                    verdicts = frame.payload["verdicts"]
+                    if len(verdicts) != args.batch:
+                        raise RuntimeError(f"{len(verdicts)} verdicts for {args.batch} messages")
+                    break
+                latencies.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "scenario": "chat-batch",
+        "config": {k: v for k, v in vars(args).items() if k not in ("run", "api_key", "json")},
+        "num_batches": len(latencies),
+        "num_messages": len(latencies) * args.batch,
+        "duration_s": round(elapsed, 3),
+        "messages_per_s": round(len(latencies) * args.batch / elapsed, 1),
+        "batch_latency_p50_ms": round(1000 * statistics.median(ordered), 2),
+        "batch_latency_p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 2),
+    }
 
 
 def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +146,9 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--rate", type=float, default=5.0, help="messages per second (Poisson)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=int, default=5000, help="distinct viewers sending")
+    p.add_argument("--batch", type=int, default=0, help="N > 0: mod.check_batch of N, closed loop")
+    p.add_argument("--concurrency", type=int, default=4, help="batches in flight (batch mode)")
     p.add_argument("--slo-ttft", type=float, default=0.5, help="verdict latency SLO, seconds")
     p.add_argument("--json", type=Path, default=None, help="default: bench/results/chat-TIME.json")
     p.add_argument("--no-progress", action="store_true")
@@ -91,6 +156,16 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch > 0:
+        try:
+            result = asyncio.run(_run_batches(args))
+        except MissingPluginError as exc:
+            print(f"bench chat: {exc}")
+            return 1
+        path = args.json or default_json_path("chat-batch")
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result, indent=2))
+        return 0
     started = time.perf_counter()
     try:
         timelines = asyncio.run(_run_chat(args))

@@ -64,7 +64,8 @@ async def run_cascade(
     texts: Sequence[str], predict: Predict, lexicon: Lexicon, raw_policy: dict[str, object]
 ) -> list[bool]:
     cascade = Cascade(store=MemoryStore(), predict=predict, lexicon=lexicon, clock=time.time)
-    channel = CompiledChannel.compile(parse_policy({**raw_policy, "escalation": {"enabled": False}}))
+    policy = parse_policy({**raw_policy, "escalation": {"enabled": False}})
+    channel = CompiledChannel.compile(policy)
     messages = [
         Message(message_id=str(n), user_id=f"viewer-{n}", text=text) for n, text in enumerate(texts)
     ]

@@ -7,12 +7,11 @@ judge call, whatever its size.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .categorize import CategoryScores, Lexicon
-from .filters import links_of, run_filters
+from .filters import run_filters
 from .folding import fold
 from .judge import Ruling
 from .rules import CompiledChannel
@@ -40,6 +39,26 @@ class _Fast:
 
     findings: tuple[Finding, ...]
     categories: CategoryScores
+    joined: str  # the folded text, for the duplicate windows
+
+
+class TextMemo:
+    """The text-only layers' results per (text, roles), bounded: chat repeats itself ("gg",
+    "LUL", copypasta), and a repeated line need not be folded, matched or classified again."""
+
+    def __init__(self, *, max_entries: int = 50_000) -> None:
+        self._entries: dict[tuple[str, frozenset[str]], _Fast] = {}
+        self._max_entries = max_entries
+
+    def get(self, key: tuple[str, frozenset[str]]) -> _Fast | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[str, frozenset[str]], value: _Fast) -> None:
+        if len(self._entries) >= self._max_entries:
+            # Oldest quarter out (dicts keep insertion order): amortised O(1) per put.
+            for old in list(self._entries)[: self._max_entries // 4]:
+                del self._entries[old]
+        self._entries[key] = value
 
 
 class Cascade:
@@ -50,8 +69,10 @@ class Cascade:
         predict: Predict,
         lexicon: Lexicon,
         judge: JudgeCall | None = None,
+        memo: TextMemo | None = None,
         clock: Callable[[], float],
     ) -> None:
+        self._memo = memo
         self._store = store
         self._predict = predict
         self._lexicon = lexicon
@@ -64,10 +85,20 @@ class Cascade:
         policy = channel.policy
         exempt = [bool(m.roles & policy.exempt_roles) for m in messages]
         todo = [i for i, skip in enumerate(exempt) if not skip]
-        profanity = await self._predict([messages[i].text for i in todo])
-        fast: dict[int, _Fast] = {}
-        for i, score in zip(todo, profanity, strict=True):
-            fast[i] = await self._fast(channel_name, channel, messages[i], score)
+        pure: dict[int, _Fast] = {}
+        misses = []
+        for i in todo:
+            hit = self._memo.get((messages[i].text, messages[i].roles)) if self._memo else None
+            if hit is None:
+                misses.append(i)
+            else:
+                pure[i] = hit
+        profanity = await self._predict([messages[i].text for i in misses])
+        for i, score in zip(misses, profanity, strict=True):
+            pure[i] = self._pure(channel, messages[i], score)
+            if self._memo is not None:
+                self._memo.put((messages[i].text, messages[i].roles), pure[i])
+        fast = {i: await self._stateful(channel_name, channel, messages[i], pure[i]) for i in todo}
         judged = await self._run_judge(channel, messages, fast)
         verdicts = []
         for i, message in enumerate(messages):
@@ -80,25 +111,12 @@ class Cascade:
             )
         return verdicts
 
-    async def _fast(
-        self, channel_name: str, channel: CompiledChannel, message: Message, profanity: float
-    ) -> _Fast:
+    def _pure(self, channel: CompiledChannel, message: Message, profanity: float) -> _Fast:
+        """The layers that depend on the text and roles only (memoised per channel policy)."""
         policy = channel.policy
         folded = channel.permitted.cut(fold(message.text))
         findings = channel.blocked_findings(folded)
-        context = channel.filter_context
-        links = policy.filters["links"]
-        wants_permit = links.enabled and not message.roles & links.exempt_roles
-        if (
-            wants_permit
-            and links_of(message.text)
-            and await take_permit(self._store, channel_name, message.user_id)
-        ):
-            context = dataclasses.replace(context, link_permitted=True)
-        findings += run_filters(message.text, policy.filters, message.roles, context)
-        findings += await check_state(
-            self._store, policy, channel_name, message.user_id, folded.joined, now=self._clock()
-        )
+        findings += run_filters(message.text, policy.filters, message.roles, channel.filter_context)
         categories = self._lexicon.score(folded, profanity=profanity)
         for name, score in categories.scores.items():
             setting = policy.categories.get(name)
@@ -115,7 +133,22 @@ class Cascade:
                     score=score,
                 )
             )
-        return _Fast(findings=tuple(findings), categories=categories)
+        return _Fast(findings=tuple(findings), categories=categories, joined=folded.joined)
+
+    async def _stateful(
+        self, channel_name: str, channel: CompiledChannel, message: Message, pure: _Fast
+    ) -> _Fast:
+        """The layers that read and count per-user state: link permits, windows."""
+        findings = list(pure.findings)
+        if any(f.reason.name == "links" for f in findings) and await take_permit(
+            self._store, channel_name, message.user_id
+        ):
+            findings = [f for f in findings if f.reason.name != "links"]
+        findings += await check_state(
+            self._store, channel.policy, channel_name, message.user_id, pure.joined,
+            now=self._clock(),
+        )  # fmt: skip
+        return _Fast(findings=tuple(findings), categories=pure.categories, joined=pure.joined)
 
     async def _run_judge(
         self, channel: CompiledChannel, messages: Sequence[Message], fast: dict[int, _Fast]

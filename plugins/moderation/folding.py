@@ -19,11 +19,10 @@ _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a",
      "$": "s", "!": "i", "|": "l", "+": "t", "€": "e", "(": "c"}
 )  # fmt: skip
-_LEET_SYMBOLS = "@$!|+€("
 # A token is a run of letters, digits and the symbols leetspeak writes letters with.
 _TOKEN = re.compile(r"[^\W_]+(?:[@$!|+€(][^\W_]*)*|[@$!|+€(]+[^\W_]+[^\W_@$!|+€(]*", re.UNICODE)
 _REPEATS = re.compile(r"(.)\1+")
-_PH = re.compile(r"ph")
+_CONFUSE = str.maketrans(dict(CONFUSABLES))
 _MIN_SINGLES_JOINED = 3  # "f u c k" joins; "u r" (two) stays apart: it is how chat writes "you are"
 
 
@@ -42,18 +41,30 @@ def lower(text: str) -> str:
 
 def fold_word(token: str) -> str:
     """One token's canonical spelling; assumes it is already lowered."""
-    if token.startswith("@"):  # a mention ("@streamer"), not an "a"
-        token = token.lstrip("@")
-    letters = "".join(CONFUSABLES.get(ch, ch) for ch in _strip_marks(token))
-    if any(ch.isalpha() for ch in letters):
-        letters = letters.strip("!|+(").translate(_LEET)
-    return _REPEATS.sub(r"\1", _PH.sub("f", letters))
+    if not token.isascii():
+        token = _strip_marks(token).translate(_CONFUSE)
+    if not token.isalpha():
+        token = _leet(token)
+    return _REPEATS.sub(r"\1", token.replace("ph", "f"))
 
 
 def fold(text: str) -> Folded:
     lowered = lower(text)
-    words = _join_singles([fold_word(token) for token in _TOKEN.findall(_strip_marks(lowered))])
+    base = lowered if lowered.isascii() else _strip_marks(lowered).translate(_CONFUSE)
+    # Most tokens are plain letters: only the others pay for leetspeak decoding, and the
+    # "ph" and repeated-letter passes run once over the whole message.
+    tokens = [t if t.isalpha() else _leet(t) for t in _TOKEN.findall(base)]
+    collapsed = _REPEATS.sub(r"\1", " ".join(t for t in tokens if t).replace("ph", "f"))
+    words = _join_singles(collapsed.split())
     return Folded(lowered=lowered, words=words, joined=f" {' '.join(words)} ")
+
+
+def _leet(token: str) -> str:
+    if token.startswith("@"):  # a mention ("@streamer"), not an "a"
+        token = token.lstrip("@")
+    if any(ch.isalpha() for ch in token):
+        token = token.strip("!|+(").translate(_LEET)
+    return token
 
 
 def fold_phrase(phrase: str) -> str:

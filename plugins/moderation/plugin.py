@@ -20,7 +20,7 @@ from protocol import PluginFrame
 
 from .audit import DECISIONS, AuditQuery, hold, pending, query, record, take_hold
 from .batcher import MicroBatcher
-from .cascade import Cascade, Message
+from .cascade import Cascade, Message, TextMemo
 from .categorize import Lexicon
 from .judge import Judge, Ruling
 from .policy import ChannelPolicy, PolicyError, parse_policy, policy_to_wire
@@ -52,21 +52,18 @@ class ModerationPlugin(BasePlugin):
         self._lexicon = Lexicon()
         self._default = CompiledChannel.compile(ChannelPolicy())
         self._compiled: dict[Channel, tuple[object, CompiledChannel]] = {}
+        # Keyed by the compiled policy: results depend on the policy and the text only.
+        self._memos: dict[int, TextMemo] = {}
         self._judge = Judge(
             model="server model",
             max_inflight=self.settings.judge_max_inflight,
             timeout_s=self.settings.judge_timeout_s,
         )
         self._batcher: MicroBatcher | None = None
+        self._loading: asyncio.Lock | None = None
 
     async def start(self, host: PluginHost) -> None:
-        # Loading imports scikit-learn (seconds): off the event loop, before serving.
-        model = await asyncio.to_thread(ProfanityModel.load)
-        self._batcher = MicroBatcher(
-            model.predict_prob,
-            window_s=self.settings.batch_window_ms / 1000,
-            max_batch=self.settings.max_classifier_batch,
-        )
+        await self._classifier()
 
     async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None:
         reader = FrameReader(frame, self._limits)
@@ -103,9 +100,10 @@ class ModerationPlugin(BasePlugin):
         compiled = await self._channel(ctx, store, channel)
         cascade = Cascade(
             store=store,
-            predict=self._classifier().predict,
+            predict=(await self._classifier()).predict,
             lexicon=self._lexicon,
             judge=functools.partial(self._rule, ctx),
+            memo=self._memos.setdefault(id(compiled), TextMemo()),
             clock=time.time,
         )
         verdicts = await cascade.check(channel, compiled, messages)
@@ -146,9 +144,20 @@ class ModerationPlugin(BasePlugin):
 
         return await self._judge.rule(score, policy, texts)
 
-    def _classifier(self) -> MicroBatcher:
+    async def _classifier(self) -> MicroBatcher:
+        """The batcher over the loaded model; the first caller loads it (start, or a frame
+        that a server let in before start finished), the others wait for it."""
         if self._batcher is None:
-            raise RuntimeError("moderation: handle() before start()")
+            self._loading = self._loading or asyncio.Lock()
+            async with self._loading:
+                if self._batcher is None:
+                    # Loading imports scikit-learn (seconds): off the event loop.
+                    model = await asyncio.to_thread(ProfanityModel.load)
+                    self._batcher = MicroBatcher(
+                        model.predict_prob,
+                        window_s=self.settings.batch_window_ms / 1000,
+                        max_batch=self.settings.max_classifier_batch,
+                    )
         return self._batcher
 
     # --- policy -------------------------------------------------------------------------------
@@ -165,6 +174,8 @@ class ModerationPlugin(BasePlugin):
         if cached is not None and cached[0] == raw:
             return cached[1]
         compiled = CompiledChannel.compile(parse_policy(raw))
+        if cached is not None:
+            self._memos.pop(id(cached[1]), None)
         self._compiled[key] = (raw, compiled)
         return compiled
 

@@ -23,6 +23,7 @@ class Action(enum.StrEnum):
 
 
 _SEVERITY = {action: rank for rank, action in enumerate(Action)}
+MIN_WIRE_SCORE = 0.05
 
 
 class Source(enum.StrEnum):
@@ -70,7 +71,13 @@ class Verdict:
         return {
             "action": self.action.value,
             "score": round(self.score, 4),
-            "categories": {name: round(value, 4) for name, value in self.categories.items()},
+            # Scores under MIN_WIRE_SCORE are noise (every text has some profanity probability):
+            # left out, they keep an allowed message's verdict small.
+            "categories": {
+                name: round(value, 3)
+                for name, value in self.categories.items()
+                if value >= MIN_WIRE_SCORE
+            },
             "reasons": [reason.to_wire() for reason in self.reasons],
             "duration_s": self.duration_s,
         }

@@ -31,7 +31,7 @@ async def policy_score(ws: object, text: str, rid: str) -> float:
                 "message_id": rid,
                 "user": {"id": rid},
                 "text": text,
-            }  # fmt: skip
+            }
         )
     )
     frame = await recv_frame(ws, timeout_s=120)  # type: ignore[arg-type]

@@ -213,10 +213,7 @@ async def test_holds_review_expiry_audit_and_subscriptions(model: Path) -> None:
         log = await ask(bot, "mod.audit", "q", channel="c1")
         entries = log.payload["entries"]
         assert isinstance(entries, list)
-        kinds = [
-            (e["kind"], e.get("decision"), e["message_id"] if "message_id" in e else None)
-            for e in entries
-        ]
+        kinds = [(e["kind"], e.get("decision"), e.get("message_id")) for e in entries]
         assert kinds[:2] == [("review", "deny", "h1"), ("review", "approve", "h0")]
         mine = await ask(bot, "mod.audit", "q2", channel="c1", user_id="v1", limit=10)
         assert {e["message_id"] for e in mine.payload["entries"]} == {"h1"}  # type: ignore[union-attr]
