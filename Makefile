@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: setup model serve test lint check bench clean
+.PHONY: setup model serve fleet test lint check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,22 @@ model: setup
 
 serve: model
 	$(VENV)/bin/banterbox serve --host $(HOST) --port $(PORT)
+
+# A local fleet: redis-server (AOF, fsync always; data in a temporary folder) and two replicas
+# sharing it, until Ctrl-C. REDIS_PORT=0 picks a free port.
+REDIS_PORT ?= 0
+FLEET_PORTS ?= 8771 8772
+fleet: model
+	@set -e; data=$$(mktemp -d); port=$(REDIS_PORT); \
+	if [ "$$port" = 0 ]; then port=$$($(PY) -c 'from bench.procs import free_port; print(free_port())'); fi; \
+	redis-server --port $$port --bind 127.0.0.1 --dir $$data --save "" --appendonly yes \
+		--appendfsync always --logfile $$data/redis.log & pids=$$!; \
+	trap 'kill $$pids 2>/dev/null; wait; rm -rf $$data' EXIT INT TERM; \
+	echo "redis on 127.0.0.1:$$port (data in $$data)"; \
+	for p in $(FLEET_PORTS); do \
+		$(VENV)/bin/banterbox serve --host $(HOST) --port $$p --store redis://127.0.0.1:$$port/0 & \
+		pids="$$pids $$!"; \
+	done; wait
 
 test: model
 	$(PY) -m pytest -q

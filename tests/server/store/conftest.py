@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer
+from redis_server import redis_server
 
+from bench.procs import RedisServer
 from server.store import MemoryStore, SqliteStore, Store
 from server.store.redis_store import RedisStore
 
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+__all__ = ["redis_server"]  # the fixture, for every test in this folder
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

@@ -7,8 +7,8 @@ import secrets
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer
 
+from bench.procs import RedisServer
 from protocol import ChatMessage, ErrorCode, ProtocolError, Role
 from server.engine.llm import Transcript
 from server.sessions import SessionStore

@@ -1,0 +1,100 @@
+"""Two `banterbox serve` replicas (real processes) sharing one real Redis: a session moves
+between them; counters and topics are consistent across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from server_harness import write_tiny_model
+
+from bench.procs import RedisServer, ServerProcess
+from server.client import BanterboxClient
+from server.store.redis_store import RedisStore
+
+SERVER_ARGS = ("--threads", "1", "--kv-cache-mib", "16", "--default-max-tokens", "8")
+NS = "plugin\x1fmoderation\x1ftenant-a"
+
+# A replica's share of the work, as its own process: the store calls a plugin would make.
+WORKER = """
+import asyncio, json, sys
+from server.store.redis_store import RedisStore
+
+async def main(url, job, n):
+    store = RedisStore(url, prefix="fleet:")
+    ns = "plugin\\x1fmoderation\\x1ftenant-a"
+    if job == "incr":
+        counts = await asyncio.gather(*(store.incr(ns, "strikes:u1") for _ in range(n)))
+        print(json.dumps(counts))
+    else:
+        for i in range(n):
+            await store.publish(ns, "mod.action", {"ban": f"user-{i}"})
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def worker(url: str, job: str, n: int) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, url, job, str(n), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return out.decode()
+
+
+async def test_a_session_opened_on_one_replica_resumes_on_the_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    model = write_tiny_model(tmp_path)
+    url = redis_server.url.replace("/0", "/2")  # the replicas' own database
+    one = ServerProcess(model, store_url=url, args=SERVER_ARGS).start()
+    two = ServerProcess(model, store_url=url, args=SERVER_ARGS).start()
+    try:
+        async with BanterboxClient.connect(one.url) as client:
+            session_id = (await client.open_session(None, {"system": "Be brief."})).session_id
+            for line in ("Hi.", "Any news?"):
+                messages = [{"role": "user", "content": line}]
+                await client.generate(messages=messages, session_id=session_id).collect()
+        async with BanterboxClient.connect(two.url) as client:
+            info = await client.resume_session(session_id)  # a server-made id of replica one
+            assert (info.resumed, info.num_turns) == (True, 2)
+            messages = [{"role": "user", "content": "Bye."}]
+            await client.generate(messages=messages, session_id=session_id).collect()
+        async with BanterboxClient.connect(one.url) as client:
+            info = await client.open_session(session_id)  # one's copy was stale: it reloads
+            assert (info.resumed, info.num_turns) == (True, 3)
+        store = RedisStore(url)
+        record = await store.load_session("default", session_id)
+        await store.close()
+        assert record is not None
+        assert [content for _, content in record.messages[::2]] == ["Hi.", "Any news?", "Bye."]
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def test_a_counter_incremented_from_two_processes_counts_exactly(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url.replace("/0", "/3")
+    outputs = await asyncio.gather(worker(url, "incr", 300), worker(url, "incr", 300))
+    counts = [c for out in outputs for c in json.loads(out)]
+    assert sorted(counts) == list(range(1, 601))  # every increment once, none lost or doubled
+    store = RedisStore(url, prefix="fleet:")
+    assert await store.get(NS, "strikes:u1") == 600
+    await store.close()
+
+
+async def test_a_topic_reaches_a_subscriber_in_another_process(redis_server: RedisServer) -> None:
+    url = redis_server.url.replace("/0", "/4")
+    store = RedisStore(url, prefix="fleet:")
+    subscription = await store.subscribe(NS, "mod.action")
+    await worker(url, "publish", 5)
+    got = [await asyncio.wait_for(anext(subscription), 5) for _ in range(5)]
+    assert got == [{"ban": f"user-{i}"} for i in range(5)]
+    await subscription.aclose()
+    await store.close()
