@@ -23,6 +23,8 @@ setup: $(STAMP)
 	$(PY) -m server.engine.kernels
 	# The fleet's store and the store tests run a real redis-server (Debian's package).
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+	# The playground's browser tests: Debian's chromium driven by Playwright (never a download).
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 model: setup
 	$(VENV)/bin/banterbox pull

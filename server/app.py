@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from plugins.api import Plugin
 
+from . import playground
 from .async_engine import AsyncEngine
 from .auth import Authenticator, AuthFailureLimiter, bearer_token
 from .config import ServerConfig
@@ -284,6 +285,9 @@ class BanterboxServer:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = CONTENT_TYPE
             return response
+        page = playground.find(path, upgrade=request.headers.get("Upgrade"))
+        if page is not None:  # a plain GET of the playground; sockets to / go on below
+            return playground.response(page)
         if self.shutting_down:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
         return self._admit_socket(ws)

@@ -1,0 +1,117 @@
+"""The playground in headless Chromium (Debian's, driven by Playwright): an NPC turn, an
+interrupt, a moderation hold approved, live metrics; a screenshot of each in tmp/artifacts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, async_playwright, expect
+from server_harness import fast_config, running_server
+from tiny import TinyConfig, random_hf_tensors, write_gguf
+
+from server.app import BanterboxServer
+
+CHROMIUM = "/usr/bin/chromium"  # `make setup` installs it; Playwright's own browsers never
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[2] / "tmp" / "artifacts" / "playground"
+WAIT_MS = 60_000
+FINISHED = re.compile(r"^(stop|length)$")  # the finish_reason the page shows at the end
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TinyConfig(max_position=4096)  # a sample card's prompt fits (the tokens are bytes)
+    folder = tmp_path_factory.mktemp("model")
+    return write_gguf(folder / "tiny.gguf", config, random_hf_tensors(config))
+
+
+def screenshot_path(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # Test output, never committed: the folder ignores itself.
+    (ARTIFACTS.parent / ".gitignore").write_text("*\n")
+    return ARTIFACTS / f"{name}.png"
+
+
+@asynccontextmanager
+async def playground(model: Path) -> AsyncIterator[tuple[BanterboxServer, Page]]:
+    config = fast_config(
+        plugins={
+            "enabled": ["chat", "npc", "moderation"],
+            "settings": {"npc": {"max_tokens": 1500}},  # long turns: time to interrupt one
+        },
+        engine={"kv_cache_mib": 64},
+    )
+    async with running_server(model, config) as server, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1500, "height": 950})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(f"http://127.0.0.1:{server.port}/")
+            await expect(page.locator("#status")).to_contain_text("connected to", timeout=WAIT_MS)
+            yield server, page
+            assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_npc_turn_streams_text_and_events_and_metrics_update(model: Path) -> None:
+    async with playground(model) as (_, page):
+        await page.fill("#npc-input", "Hello, can you fix my sword?")
+        await page.click("#npc-send")
+        line = page.locator(".line.npc").last
+        await expect(line.locator(".text")).not_to_be_empty(timeout=WAIT_MS)
+        await expect(line).to_have_attribute("data-done", "true", timeout=WAIT_MS)
+        await expect(line.locator(".event").last).to_have_text(FINISHED, timeout=WAIT_MS)
+        await expect(page.locator("#npc-interrupt")).to_be_disabled()
+        await expect(page.locator("#m-ttft")).to_contain_text("ms", timeout=WAIT_MS)
+        await expect(page.locator("#m-kv")).to_contain_text("%")
+        await page.screenshot(path=screenshot_path("npc-turn"), full_page=True)
+
+
+async def test_typing_prefills_and_interrupt_cuts_the_turn(model: Path) -> None:
+    async with playground(model) as (_, page):
+        await page.locator("#npc-input").press_sequentially("Tell me")
+        await expect(page.locator("#npc-typing")).to_have_text("prefilled while you typed",
+                                                               timeout=WAIT_MS)  # fmt: skip
+        await page.fill("#npc-input", "Tell me about the dragon, all of it")
+        await page.click("#npc-send")
+        line = page.locator(".line.npc").last
+        await expect(line.locator(".text")).not_to_be_empty(timeout=WAIT_MS)
+        await page.click("#npc-interrupt")
+        await expect(line.locator(".event.cut")).to_contain_text("interrupted after",
+                                                                 timeout=WAIT_MS)  # fmt: skip
+        await expect(page.locator("#npc-interrupt")).to_be_disabled()
+        await page.screenshot(path=screenshot_path("npc-interrupt"), full_page=True)
+
+
+async def test_moderation_hold_then_approve(model: Path) -> None:
+    async with playground(model) as (_, page):
+        await expect(page.locator("#mod-subscribed")).to_contain_text("live feed", timeout=WAIT_MS)
+        await expect(page.locator("#mod-policy")).not_to_have_value("")
+        await page.fill("#mod-policy", '{"hold_s": 300}')
+        await page.click("#mod-save")
+        await expect(page.locator("#mod-policy-status")).to_have_text("saved", timeout=WAIT_MS)
+        await page.fill("#mod-text", "your mom")
+        await page.click("#mod-check")
+        await expect(page.locator("#mod-verdict .badge")).to_have_text("hold", timeout=WAIT_MS)
+        held = page.locator("#mod-holds li[data-message-id]")
+        await expect(held).to_have_count(1, timeout=WAIT_MS)
+        await expect(held).to_contain_text("your mom")
+        await expect(page.locator("#mod-feed li").first.locator(".badge")).to_have_text("hold")
+        await page.screenshot(path=screenshot_path("moderation-hold"), full_page=True)
+        await held.locator("button.approve").click()
+        await expect(page.locator("#mod-verdict")).to_contain_text("approve → allow",
+                                                                   timeout=WAIT_MS)  # fmt: skip
+        await expect(page.locator("#mod-holds li[data-message-id]")).to_have_count(0)
+        await expect(page.locator("#mod-feed li").first).to_contain_text("approve by playground")
+        await page.screenshot(path=screenshot_path("moderation-approved"), full_page=True)
