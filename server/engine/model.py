@@ -48,6 +48,15 @@ class PrefillSpan:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """Each packed row's RoPE angle, as the (T, 1, hd/2) tables the rotation multiplies by."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cis: torch.Tensor | None  # cos + i sin, complex64: float32 pairwise RoPE as one multiply
+
+
+@dataclass(frozen=True)
 class AttentionMetadata:
     """Where each packed token's K/V goes, and which K/V each query reads."""
 
@@ -209,8 +218,19 @@ class Transformer:
             self._grow_rope_table(max(needed, 2 * self._cos.shape[0]))
         return self._cos[positions].to(self.dtype), self._sin[positions].to(self.dtype)
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate x (T, heads, hd) by its rows' positions; cos/sin are (T, 1, hd/2)."""
+    def rotation(self, positions: torch.Tensor) -> Rotation:
+        cos, sin = self.rope_tables(positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, hd/2)
+        pairwise_fp32 = self.config.rope_interleaved and self.dtype == torch.float32
+        return Rotation(cos, sin, torch.complex(cos, sin) if pairwise_fp32 else None)
+
+    def _rope(self, x: torch.Tensor, rot: Rotation) -> torch.Tensor:
+        """Rotate x (T, heads, hd) by its rows' positions."""
+        cos, sin = rot.cos, rot.sin
+        if rot.cis is not None:
+            # (x1 + i x2)(cos + i sin) is the pairwise rotation below, as one op instead of ten.
+            pairs = torch.view_as_complex(x.view(*x.shape[:-1], -1, 2))  # (T, heads, hd/2)
+            return torch.view_as_real(pairs * rot.cis).flatten(-2)
         if self.config.rope_interleaved:
             pairs = x.view(*x.shape[:-1], -1, 2)  # (T, heads, hd/2, 2)
             x1, x2 = pairs[..., 0], pairs[..., 1]
@@ -220,12 +240,14 @@ class Transformer:
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float32:  # the same math below as one fused op
+            return F.rms_norm(x, (x.shape[-1],), weight, self.config.rms_norm_eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
         return weight * x32.to(self.dtype)
 
     def _qkv(
-        self, layer: Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, layer: Layer, x: torch.Tensor, rot: Rotation
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project and rotate: q (T, nh, hd), k and v (T, nkv, hd)."""
         c = self.config
@@ -233,7 +255,7 @@ class Transformer:
         if layer.qkv_bias is not None:
             qkv = qkv + layer.qkv_bias
         qkv = qkv.view(x.shape[0], -1, c.head_dim)
-        qk = self._rope(qkv[:, : c.num_heads + c.num_kv_heads], cos, sin)
+        qk = self._rope(qkv[:, : c.num_heads + c.num_kv_heads], rot)
         q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
         v = qkv[:, c.num_heads + c.num_kv_heads :]
         return q, k, v
@@ -257,14 +279,14 @@ class Transformer:
         """Run one engine step; returns float32 logits (S, V)."""
         c = self.config
         x = self.embed(token_ids)  # (T, H)
-        cos, sin = self.rope_tables(positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, hd/2)
+        rot = self.rotation(positions)
+        decode_bias = self._decode_bias(meta)
         for layer, cache in zip(self.layers, kv, strict=True):
             h = self._rms_norm(x, layer.input_norm)
-            q, k, v = self._qkv(layer, h, cos, sin)
+            q, k, v = self._qkv(layer, h, rot)
             by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
             by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
-            attn = self._paged_attention(q, k, v, cache, meta)  # (T, nh*hd)
+            attn = self._paged_attention(q, k, v, cache, meta, decode_bias)  # (T, nh*hd)
             x = x + layer.o_proj(attn)
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
         return self.logits(x[logits_indices])
@@ -276,35 +298,52 @@ class Transformer:
         v: torch.Tensor,
         cache: torch.Tensor,
         meta: AttentionMetadata,
+        decode_bias: torch.Tensor | None,
     ) -> torch.Tensor:
         c = self.config
-        out = torch.empty(q.shape[0], c.num_heads * c.head_dim, device=q.device, dtype=q.dtype)
         num_decode = meta.num_decode_tokens
+        decoded = None
         if num_decode:
-            assert meta.decode_blocks is not None and meta.decode_mask is not None
-            out[:num_decode] = self._decode_attention(
-                q[:num_decode], cache, meta.decode_blocks, meta.decode_mask
-            )
+            assert meta.decode_blocks is not None and decode_bias is not None
+            decoded = self._decode_attention(q[:num_decode], cache, meta.decode_blocks, decode_bias)
+            if not meta.prefills:
+                return decoded  # a decode-only step: no packing copy
+        out = torch.empty(q.shape[0], c.num_heads * c.head_dim, device=q.device, dtype=q.dtype)
+        if decoded is not None:
+            out[:num_decode] = decoded
         for span in meta.prefills:
             rows = slice(span.query_start, span.query_start + span.query_len)
             out[rows] = self._prefill_attention(q[rows], k[rows], v[rows], cache, span)
         return out
 
+    def _decode_bias(self, meta: AttentionMetadata) -> torch.Tensor | None:
+        """(nkv*D, 1, L): 0 where a decode row sees the key, -inf where not. Built once a step,
+        so each layer adds it inside its score matmul."""
+        if meta.decode_mask is None:
+            return None
+        num_rows, width = meta.decode_mask.shape
+        bias = torch.zeros(num_rows, 1, width, device=self.device, dtype=self.dtype)
+        bias.masked_fill_(~meta.decode_mask.view(num_rows, 1, width), float("-inf"))
+        return bias.expand(self.config.num_kv_heads, -1, -1, -1).reshape(-1, 1, width)
+
     def _decode_attention(
-        self, q: torch.Tensor, cache: torch.Tensor, blocks: torch.Tensor, mask: torch.Tensor
+        self, q: torch.Tensor, cache: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         """One query per row. GQA folds each kv head's query group into the query axis."""
         c = self.config
-        num_rows, width = mask.shape
-        ctx = cache.index_select(2, blocks.flatten()).view(2, c.num_kv_heads, num_rows, width, -1)
-        keys, values = ctx[0], ctx[1]  # (nkv, D, L, hd), contiguous
+        num_rows, width = blocks.shape[0], bias.shape[-1]
+        rows = c.num_kv_heads * num_rows
+        ctx = cache.index_select(2, blocks.flatten()).view(2, rows, width, c.head_dim)
+        keys, values = ctx[0], ctx[1]  # (nkv*D, L, hd), contiguous
         grouped_q = q.view(num_rows, c.num_kv_heads, c.num_kv_groups, c.head_dim).transpose(0, 1)
-        # Plain matmuls: for a handful of query rows they beat the fused SDPA kernel on CPU.
-        scores = torch.matmul(grouped_q, keys.transpose(-1, -2)) * (c.head_dim**-0.5)
-        visible = mask.view(1, num_rows, 1, width)
-        scores = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        out = torch.matmul(scores, values)  # (nkv, D, groups, hd)
-        return out.transpose(0, 1).reshape(num_rows, c.num_heads * c.head_dim)
+        grouped_q = grouped_q.reshape(rows, c.num_kv_groups, c.head_dim)
+        # Plain batched matmuls: for a handful of query rows they beat the fused SDPA kernel on
+        # CPU; baddbmm scales and masks in the same call.
+        scale = c.head_dim**-0.5
+        scores = torch.baddbmm(bias, grouped_q, keys.transpose(1, 2), alpha=scale).softmax(-1)
+        out = torch.bmm(scores, values)  # (nkv*D, groups, hd)
+        out = out.view(c.num_kv_heads, num_rows, c.num_kv_groups * c.head_dim).transpose(0, 1)
+        return out.reshape(num_rows, c.num_heads * c.head_dim)
 
     def _prefill_attention(
         self,
@@ -336,14 +375,13 @@ class Transformer:
         c = self.config
         batch, length = token_ids.shape
         positions = torch.arange(length, device=token_ids.device)
-        cos, sin = self.rope_tables(positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        rot = self.rotation(positions)
         x = self.embed(token_ids.flatten())  # (B*T, H)
         for layer in self.layers:
             h = self._rms_norm(x, layer.input_norm)
             per_row = []
             for row in h.view(batch, length, -1):
-                q, k, v = self._qkv(layer, row, cos, sin)
+                q, k, v = self._qkv(layer, row, rot)
                 # Expand kv heads explicitly: this path must not share the GQA trick under test.
                 k = k.repeat_interleave(c.num_kv_groups, dim=1)
                 v = v.repeat_interleave(c.num_kv_groups, dim=1)

@@ -65,7 +65,7 @@ def test_dequantize_is_bit_exact(qtype: Q) -> None:
         assert torch.equal(weight.dequantize(), reference(weight))
 
 
-@pytest.mark.parametrize("num_rows", [1, 2, 5, 67, 130])  # tiles of 4, passes of 64
+@pytest.mark.parametrize("num_rows", [1, 2, 3, 4, 5, 67, 130])  # few-row kernel; tiles, passes
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
 def test_matmul_matches_dequantize_then_matmul(qtype: Q, num_rows: int) -> None:
     g = torch.Generator().manual_seed(num_rows)
