@@ -173,6 +173,10 @@ class BanterboxServer:
         llm = await asyncio.to_thread(load_model)
         engine = AsyncEngine(llm)
         engine.start()
+        # Before the engine is set, so before any hello: every session is back when clients are.
+        num_sessions = await self.sessions.warm()
+        if num_sessions:
+            log.info("%d sessions back from the %s store", num_sessions, self.store.kind)
         self.llm, self.engine = llm, engine
         self.turns = TurnRunner(
             llm=llm, engine=engine, sessions=self.sessions, metrics=self.metrics, settings=net

@@ -245,6 +245,31 @@ class SessionStore:
             else None
         )
 
+    async def warm(self) -> int:
+        """After a restart, the store's sessions into the working set: every session is then
+        found as before (by a plugin's synchronous `open`, by a `generate` without a resume).
+        Only for a store of this process alone: fleet replicas load a session when it is
+        opened or resumed. The store keeps sessions no longer than the working set would."""
+        if not self.store.durable or self.store.shared:
+            return 0
+        try:
+            records = await self.store.all_sessions()
+        except StoreUnavailable as exc:
+            log.warning("sessions not warmed (each loads on its resume): %s", exc)
+            return 0
+        for record in records:
+            if (record.tenant, record.session_id) not in self._sessions:
+                session = Session(
+                    tenant=record.tenant,
+                    session_id=record.session_id,
+                    metadata={},
+                    last_used=record.last_used,
+                )
+                self._refresh(session, record)
+                self._sessions[(record.tenant, record.session_id)] = session
+                self._count(session, +1)
+        return len(records)
+
     async def persist(self, session: Session) -> None:
         """Save the session as it is now; ProtocolError(store_unavailable) if that fails."""
         async with session.save_lock:

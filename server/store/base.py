@@ -122,6 +122,10 @@ class Store(abc.ABC):
     async def delete_session(self, tenant: str, session_id: str) -> bool: ...
 
     @abc.abstractmethod
+    async def all_sessions(self) -> builtins.list[SessionRecord]:
+        """Every tenant's unexpired records: a restarted server's working set."""
+
+    @abc.abstractmethod
     async def list_sessions(self, tenant: str) -> list[str]:
         """The tenant's unexpired session ids, sorted."""
 

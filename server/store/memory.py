@@ -53,6 +53,10 @@ class MemoryStore(Store):
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         return self._sessions.pop((tenant, session_id), None) is not None
 
+    async def all_sessions(self) -> builtins.list[SessionRecord]:
+        now = self._clock()
+        return [r for r in self._sessions.values() if r.expires_at >= now]
+
     async def list_sessions(self, tenant: str) -> builtins.list[str]:
         now = self._clock()
         return sorted(

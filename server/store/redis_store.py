@@ -16,7 +16,7 @@ import builtins
 import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
@@ -160,6 +160,16 @@ class RedisStore(Store):
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         return bool(await self._call(self._redis.delete(self._session_key(tenant, session_id))))
+
+    async def all_sessions(self) -> builtins.list[SessionRecord]:
+        head = f"{self._prefix}s:"
+        records = []
+        for key in await self._scan(_glob_literal(head) + "*"):
+            tenant, _, session_id = key[len(head) :].partition(":")
+            record = await self.load_session(unquote(tenant), session_id)
+            if record is not None:  # it may have expired since the scan
+                records.append(record)
+        return records
 
     async def list_sessions(self, tenant: str) -> builtins.list[str]:
         head = self._session_key(tenant, "")

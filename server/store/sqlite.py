@@ -60,6 +60,17 @@ _PUT_VALUE = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)"
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
+def _session_of(row: tuple[object, ...]) -> SessionRecord:
+    """A sessions row (tenant, session_id, the encoded fields, expires_at) as a record."""
+    tenant, session_id, *encoded, expires_at = row
+    fields = {
+        name: value if isinstance(value, bytes) else str(value).encode()
+        for name, value in zip(_SESSION_FIELDS, encoded, strict=True)
+    }
+    fields["expires_at"] = repr(expires_at).encode()
+    return decode_session(str(tenant), str(session_id), fields)
+
+
 class SqliteStore(Store):
     kind = "sqlite"
     durable = True
@@ -161,18 +172,23 @@ class SqliteStore(Store):
 
     async def load_session(self, tenant: str, session_id: str) -> SessionRecord | None:
         query = (
-            f"SELECT {', '.join(_SESSION_FIELDS)}, expires_at FROM sessions"
+            f"SELECT tenant, session_id, {', '.join(_SESSION_FIELDS)}, expires_at FROM sessions"
             " WHERE tenant = ? AND session_id = ? AND expires_at >= ?"
         )
         now = self._clock()
         row = await self._call(
             lambda db: db.execute(query, (tenant, session_id, now)).fetchone(), write=False
         )
-        if row is None:
-            return None
-        fields = dict(zip(_SESSION_FIELDS, row[:-1], strict=True))
-        fields["expires_at"] = repr(row[-1]).encode()
-        return decode_session(tenant, session_id, fields)
+        return None if row is None else _session_of(row)
+
+    async def all_sessions(self) -> builtins.list[SessionRecord]:
+        query = (
+            f"SELECT tenant, session_id, {', '.join(_SESSION_FIELDS)}, expires_at FROM sessions"
+            " WHERE expires_at >= ?"
+        )
+        now = self._clock()
+        rows = await self._call(lambda db: db.execute(query, (now,)).fetchall(), write=False)
+        return [_session_of(row) for row in rows]
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         cursor = await self._call(

@@ -52,6 +52,8 @@ async def test_sessions_are_listed_per_tenant_deleted_and_expire(store: Store) -
     assert not await store.delete_session("a", "s1")
     assert await store.list_sessions("a") == ["s*[x", "s2"]
     assert await store.list_sessions("b") == ["other"]
+    everyone = sorted((r.tenant, r.session_id) for r in await store.all_sessions())
+    assert everyone == [("a", "s*[x"), ("a", "s2"), ("b", "other")]
 
 
 async def test_values_are_json_namespaced_and_expire(store: Store) -> None:

@@ -89,3 +89,21 @@ async def test_a_session_moves_between_replicas_sharing_redis(redis_server: Redi
     assert (back.num_turns, back.transcript) == (2, later)
     await one.close()
     await two.close()
+
+
+async def test_a_restarted_server_warms_its_own_store_but_not_a_fleets(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    store = SqliteStore(tmp_path / "banterbox.db")
+    before = SessionStore(store=store)
+    session, _ = await before.open_session("a", "npc-7", {"system": "Be brief."})
+    await before.commit_turn(session, HI, "Hello.", TRANSCRIPT)
+    after = SessionStore(store=store)
+    assert await after.warm() == 1
+    found = after.get("a", "npc-7")  # found without a resume: a plugin's open finds it too
+    assert (found.num_turns, found.transcript) == (1, TRANSCRIPT)
+    assert after.open("a", "npc-7", None) == (found, True)
+    await store.close()
+    shared = RedisStore(redis_server.url, prefix=f"test-{secrets.token_hex(4)}:")
+    assert await SessionStore(store=shared).warm() == 0
+    await shared.close()
