@@ -42,17 +42,19 @@ def require_moderation(welcome: Any, url: str) -> None:
         )
 
 
-def _message(text: str, index: int, num_users: int) -> dict[str, object]:
+def _message(text: str, index: int, num_users: int, unique: bool) -> dict[str, object]:
     viewer = f"viewer-{index % num_users}"
+    if unique:  # a never-seen text: nothing is served from the plugin's memo of repeated lines
+        text = f"{text} {index}"
     return {"message_id": str(index), "user": {"id": viewer, "name": viewer}, "text": text}
 
 
-async def _check(client: Any, text: str, index: int, num_users: int) -> RequestTimeline:
+async def _check(client: Any, text: str, index: int, args: argparse.Namespace) -> RequestTimeline:
     from server.client import BanterboxError
 
     stream = client.send_plugin(
         MODERATION_FRAME,
-        {"channel": "bench", **_message(text, index, num_users)},
+        {"channel": "bench", **_message(text, index, args.users, args.unique)},
         end_types=frozenset({"mod.verdict"}),
     )
     start = time.perf_counter()
@@ -81,7 +83,7 @@ async def _run_chat(args: argparse.Namespace) -> list[RequestTimeline]:
             if offset >= args.duration:
                 break
             await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
-            task = asyncio.create_task(_check(client, rng.choice(messages), index, args.users))
+            task = asyncio.create_task(_check(client, rng.choice(messages), index, args))
             task.add_done_callback(lambda _: bar.update())
             tasks.append(task)
         timelines = list(await asyncio.gather(*tasks))
@@ -109,7 +111,8 @@ async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
                 first = num_sent
                 num_sent += args.batch
                 batch = [
-                    _message(rng.choice(texts), first + n, args.users) for n in range(args.batch)
+                    _message(rng.choice(texts), first + n, args.users, args.unique)
+                    for n in range(args.batch)
                 ]
                 sent = time.perf_counter()
                 stream = client.send_plugin(
@@ -149,6 +152,7 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--users", type=int, default=5000, help="distinct viewers sending")
     p.add_argument("--batch", type=int, default=0, help="N > 0: mod.check_batch of N, closed loop")
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight (batch mode)")
+    p.add_argument("--unique", action="store_true", help="make every text unique (no memo hits)")
     p.add_argument("--slo-ttft", type=float, default=0.5, help="verdict latency SLO, seconds")
     p.add_argument("--json", type=Path, default=None, help="default: bench/results/chat-TIME.json")
     p.add_argument("--no-progress", action="store_true")
