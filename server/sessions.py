@@ -15,7 +15,8 @@ shared store) `open_session`/`resume_session` load the record, with the exact tr
 engine recomputes the KV. A store that cannot be written answers `store_unavailable` and the
 session is left as it was. The working set expires idle sessions; the store expires its records
 at the same idle TTL (`expires_at`). The synchronous `open`, `close`, `append` and `truncate`
-change the working set only (callers that need them durable follow with `persist`).
+change the working set at once and the store soon after (write-behind: a plugin's changes
+are not covered by the guarantee; on a shared store a synchronous `open` saves nothing).
 
 Ids the server makes carry this run's instance id (`s-<instance>-<random>`). Such an id from
 another run that the store does not have (the memory store after a restart; an expired or
@@ -27,14 +28,16 @@ its tenant's table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from protocol import ChatMessage, ErrorCode, ProtocolError, Role
 
@@ -113,6 +116,7 @@ class SessionStore:
         self._per_connection: Counter[str] = Counter()
         self._per_address: Counter[str] = Counter()
         self.instance_id = secrets.token_hex(4)  # this run's; in the ids it makes
+        self._pending: set[asyncio.Task[None]] = set()  # write-behind of synchronous calls
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -124,7 +128,21 @@ class SessionStore:
         metadata: Mapping[str, str] | None,
         opener: Opener | None = None,
     ) -> tuple[Session, bool]:
-        """The new session, or the tenant's existing one with that id (True: resumed)."""
+        """The new session, or the tenant's existing one with that id (True: resumed); a new
+        one is saved soon after. Not on a shared store: there another replica may have the id,
+        and only `open_session` asks the store."""
+        session, resumed = self._open_here(tenant, session_id, metadata, opener)
+        if not resumed and not self.store.shared:
+            self._later(self.persist(session))
+        return session, resumed
+
+    def _open_here(
+        self,
+        tenant: str,
+        session_id: str | None,
+        metadata: Mapping[str, str] | None,
+        opener: Opener | None = None,
+    ) -> tuple[Session, bool]:
         self.expire()
         if session_id is not None:
             existing = self._sessions.get((tenant, session_id))
@@ -200,10 +218,34 @@ class SessionStore:
         return session
 
     def close(self, tenant: str, session_id: str) -> Session:
+        """Forget the session now; its record is deleted soon after."""
+        session = self._close_here(tenant, session_id)
+        self._later(self.store.delete_session(tenant, session_id))
+        return session
+
+    def _close_here(self, tenant: str, session_id: str) -> Session:
         session = self.get(tenant, session_id)
         del self._sessions[(tenant, session_id)]
         self._ended(session)
         return session
+
+    def _later(self, work: Coroutine[Any, Any, object]) -> None:
+        """Write-behind for the synchronous calls (a plugin's): durable soon after they
+        return, not before; a failure is logged (the store watch reports the store down)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop, so no store call can run: a synchronous unit test
+            work.close()
+            return
+        task = loop.create_task(self._quietly(work))
+        self._pending.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._pending.discard)
+
+    async def _quietly(self, work: Coroutine[Any, Any, object]) -> None:
+        try:
+            await work
+        except (ProtocolError, StoreUnavailable) as exc:
+            log.warning("a session change stays in memory only: %s", exc)
 
     def _ended(self, session: Session) -> None:
         self._count(session, -1)
@@ -273,6 +315,8 @@ class SessionStore:
     async def persist(self, session: Session) -> None:
         """Save the session as it is now; ProtocolError(store_unavailable) if that fails."""
         async with session.save_lock:
+            if self._sessions.get((session.tenant, session.session_id)) is not session:
+                return  # closed or expired meanwhile: saving would bring it back
             try:
                 await self.store.save_session(self.record(session))
             except StoreUnavailable as exc:
@@ -317,7 +361,7 @@ class SessionStore:
                 found.last_used = self._clock()
                 await self.persist(found)  # its idle TTL starts again in the store too
                 return found, True
-        session, resumed = self.open(tenant, session_id, metadata, opener)
+        session, resumed = self._open_here(tenant, session_id, metadata, opener)
         if not resumed:
             try:
                 await self.persist(session)
@@ -341,13 +385,16 @@ class SessionStore:
 
     async def close_session(self, tenant: str, session_id: str) -> None:
         """`close`, durable: the record is deleted first, then the working set forgets it."""
-        try:
-            deleted = await self.store.delete_session(tenant, session_id)
-        except StoreUnavailable as exc:
-            raise self._unavailable(exc) from None
-        if deleted and (tenant, session_id) not in self._sessions:
-            return
-        self.close(tenant, session_id)
+        local = self._sessions.get((tenant, session_id))
+        # Under the session's save lock: a save queued behind it finds the session gone.
+        async with local.save_lock if local is not None else contextlib.nullcontext():
+            try:
+                deleted = await self.store.delete_session(tenant, session_id)
+            except StoreUnavailable as exc:
+                raise self._unavailable(exc) from None
+            if deleted and (tenant, session_id) not in self._sessions:
+                return
+            self._close_here(tenant, session_id)
 
     def _forget(self, session: Session) -> None:
         """Undo the working set's half of an open the store refused (it never was open)."""
@@ -360,12 +407,14 @@ class SessionStore:
         session = self.get(tenant, session_id)
         session.messages.append(message)
         session.transcript = None  # the exact tokens no longer follow the messages
+        self._later(self.persist(session))
 
     def truncate(self, tenant: str, session_id: str, num_messages: int) -> None:
         """Keep the first num_messages messages; the KV is recomputed from what is left."""
         session = self.get(tenant, session_id)
         del session.messages[max(0, num_messages) :]
         session.transcript = None
+        self._later(self.persist(session))
 
     async def commit_turn(
         self,

@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from server_harness import poll
 
 from bench.procs import RedisServer
 from protocol import ChatMessage, ErrorCode, ProtocolError, Role
@@ -107,3 +108,17 @@ async def test_a_restarted_server_warms_its_own_store_but_not_a_fleets(
     shared = RedisStore(redis_server.url, prefix=f"test-{secrets.token_hex(4)}:")
     assert await SessionStore(store=shared).warm() == 0
     await shared.close()
+
+
+async def test_a_plugins_synchronous_changes_are_written_behind(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "banterbox.db")
+    sessions = SessionStore(store=store)
+    sessions.open("a", "npc-1", {"npc": "mara"})
+    sessions.open("a", "npc-2", None)
+    sessions.append("a", "npc-1", ChatMessage(role=Role.USER, content="(the door creaks)"))
+    sessions.close("a", "npc-2")
+    await poll(lambda: not sessions._pending)
+    record = await store.load_session("a", "npc-1")
+    assert record is not None and record.messages == (("user", "(the door creaks)"),)
+    assert await store.load_session("a", "npc-2") is None  # a restart will not bring it back
+    await store.close()
