@@ -2,7 +2,9 @@
 
 Every non-allow verdict and every moderator decision is one entry appended to the channel's
 log (who, what, which rules, which score, when). A held message waits under a key with the
-channel's `hold_s` TTL: a review finds it, or it expires and counts as denied without a strike.
+channel's `hold_s`: a review takes it, or it expires (deleted from chat, no strike). The store
+keeps an expired hold `HOLD_GRACE_S` longer, so that its expiry can be told from a review and
+logged once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from .store import Store
 
 DECISIONS = ("approve", "deny")
+HOLD_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,23 +64,32 @@ async def query(
 
 
 async def hold(store: Store, channel: str, held: Mapping[str, object], *, hold_s: float) -> None:
-    await store.set(hold_key(channel, str(held["message_id"])), dict(held), ttl_s=hold_s)
+    key = hold_key(channel, str(held["message_id"]))
+    await store.set(key, dict(held), ttl_s=hold_s + HOLD_GRACE_S)
 
 
-async def take_hold(store: Store, channel: str, message_id: str) -> dict[str, object] | None:
-    """The held message, removed from the queue; None if it expired or was reviewed."""
+async def take_hold(
+    store: Store, channel: str, message_id: str, *, now: float, expired: bool = False
+) -> dict[str, object] | None:
+    """The held message, removed from the queue: a live one for a review, or (`expired`) one
+    past its time for the expiry; None when there is no such hold."""
     key = hold_key(channel, message_id)
     found = await store.get(key)
-    if not isinstance(found, dict):
+    if not isinstance(found, dict) or _live(found, now) is expired:
         return None
     await store.delete(key)
     return found
 
 
-async def pending(store: Store, channel: str) -> list[dict[str, object]]:
+async def pending(store: Store, channel: str, *, now: float) -> list[dict[str, object]]:
     held = []
     for key in await store.list(hold_key(channel, "")):
         found = await store.get(key)
-        if isinstance(found, dict):
+        if isinstance(found, dict) and _live(found, now):
             held.append(found)
     return sorted(held, key=lambda h: float(h.get("at", 0.0)))
+
+
+def _live(held: Mapping[str, object], now: float) -> bool:
+    expires_at = held.get("expires_at")
+    return not isinstance(expires_at, int | float) or now < expires_at

@@ -136,7 +136,29 @@ class ModerationPlugin(BasePlugin):
             await hold(
                 store, channel, {**entry, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s
             )
+            expiry = self._expire(ctx, channel, message.message_id, policy.hold_s)
+            ctx.spawn(expiry, name=f"mod hold {channel} {message.message_id}")
         await self._emit(ctx, channel, {**entry, "silent": verdict.silent})
+
+    async def _expire(
+        self, ctx: PluginContext, channel: str, message_id: str, hold_s: float
+    ) -> None:
+        """Log and announce a hold nobody reviewed in time: the message stays out of chat."""
+        await asyncio.sleep(hold_s)
+        store = self._store(ctx)
+        held = await take_hold(store, channel, message_id, now=time.time(), expired=True)
+        if held is None:  # reviewed in time
+            return
+        entry: dict[str, object] = {
+            **_held_entry(held, message_id),
+            "at": time.time(),
+            "decision": "expired",
+            "moderator": "",
+            "action": Action.DELETE.value,
+            "duration_s": 0,
+        }
+        await record(store, channel, entry)
+        await self._emit(ctx, channel, entry)
 
     async def _rule(self, ctx: PluginContext, policy: str, texts: Sequence[str]) -> Ruling:
         async def score(prompt: str, candidates: Sequence[str]) -> list[float]:
@@ -226,11 +248,11 @@ class ModerationPlugin(BasePlugin):
         op = reader.choice("op", ("list", *DECISIONS), "list")
         store = self._store(ctx)
         if op == "list":
-            holds = await pending(store, channel)
+            holds = await pending(store, channel, now=time.time())
             await ctx.send(answer("mod.holds", reader.request_id, channel=channel, holds=holds))
             return
         message_id = reader.need(reader.frame.payload, "message_id", str)
-        held = await take_hold(store, channel, message_id)
+        held = await take_hold(store, channel, message_id, now=time.time())
         if held is None:
             reader.fail("message_id", f"no held message {message_id!r}: it expired or was reviewed")
         action, duration_s = Action.ALLOW, 0
@@ -242,14 +264,10 @@ class ModerationPlugin(BasePlugin):
             if policy.escalation.enabled:
                 action, duration_s = penalty.action, penalty.duration_s
         entry: dict[str, object] = {
+            **_held_entry(held, message_id),
             "at": time.time(),
-            "kind": "review",
             "decision": op,
             "moderator": _moderator(reader, ctx),
-            "message_id": message_id,
-            "user_id": user_id,
-            "user_name": held.get("user_name", ""),
-            "text": held.get("text", ""),
             "action": action.value,
             "duration_s": duration_s,
         }
@@ -300,6 +318,17 @@ class ModerationPlugin(BasePlugin):
 
     async def _emit(self, ctx: PluginContext, channel: str, event: Mapping[str, object]) -> None:
         await ctx.emit(_topic(channel), answer("mod.action", None, channel=channel, **event))
+
+
+def _held_entry(held: Mapping[str, object], message_id: str) -> dict[str, object]:
+    """The review entry's fields that come from the held message."""
+    return {
+        "kind": "review",
+        "message_id": message_id,
+        "user_id": held.get("user_id", ""),
+        "user_name": held.get("user_name", ""),
+        "text": held.get("text", ""),
+    }
 
 
 def _topic(channel: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -205,7 +204,13 @@ async def test_holds_review_expiry_audit_and_subscriptions(model: Path) -> None:
             dashboard, "mod.review", "a2", channel="c1", op="approve", message_id="h0"
         )
         assert again.code == "invalid_field" and "expired or was reviewed" in again.message
-        await asyncio.sleep(1.2)  # past hold_s: h2 expired unreviewed
+        # Past hold_s nobody reviewed h2: subscribers hear that it expired.
+        while True:
+            event = await recv_frame(dashboard)
+            assert isinstance(event, PluginFrame) and event.type == "mod.action"
+            if event.payload.get("decision") == "expired":
+                break
+        assert event.payload["message_id"] == "h2" and event.payload["action"] == "delete"
         expired = await error_of(
             dashboard, "mod.review", "x", channel="c1", op="deny", message_id="h2"
         )
@@ -214,7 +219,11 @@ async def test_holds_review_expiry_audit_and_subscriptions(model: Path) -> None:
         entries = log.payload["entries"]
         assert isinstance(entries, list)
         kinds = [(e["kind"], e.get("decision"), e.get("message_id")) for e in entries]
-        assert kinds[:2] == [("review", "deny", "h1"), ("review", "approve", "h0")]
+        assert kinds[:3] == [
+            ("review", "expired", "h2"),
+            ("review", "deny", "h1"),
+            ("review", "approve", "h0"),
+        ]
         mine = await ask(bot, "mod.audit", "q2", channel="c1", user_id="v1", limit=10)
         assert {e["message_id"] for e in mine.payload["entries"]} == {"h1"}  # type: ignore[union-attr]
         denied = await ask(bot, "mod.audit", "q3", channel="c1", action="deny")
