@@ -1,9 +1,14 @@
 """`python -m bench npc`: simulated players in multi-turn NPC talks with a Banterbox server.
 
-A player is one game client: its own connection and server-side session, the persona shared
-by every player as the system prompt (so prefix sharing pays), lines from bench/corpus and an
-exponential think time between turns. Pacing lives in bench/load.py; this module must not
-know about other systems (bench/llama_server.py drives the peer with the same driver).
+A player is one game client: its own connection, lines from bench/corpus and an exponential
+think time between turns. By default it talks to the npc plugin (`npc.say` with the sample
+cards, player i to card i mod 3; emotion and action events counted); `--typing` sends
+`npc.typing` at a human typing speed before each line, `--compare-typing` runs without and
+then with it and reports the TTFT ratio, `--history-tokens` gives each player a history of
+narration (`npc.event`) before the first line. `--mode generate` drives plain `generate`
+turns with a persona as the system prompt instead: the path `compare` measures against
+llama-server. Pacing lives in bench/load.py; this module must not know about other systems
+(bench/llama_server.py drives the peer with the same driver).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,8 @@ from .metrics import RequestTimeline
 from .report import default_json_path, write_report
 
 CORPUS = Path(__file__).with_name("corpus")
+SAMPLE_CARDS = ("blacksmith", "quest_giver", "rival")  # plugins/npc/cards
+CHARS_PER_TOKEN = 4  # to size a narration history in tokens
 
 
 def load_lines(name: str) -> tuple[str, ...]:
@@ -167,6 +176,15 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     load.add_argument("--rate", type=float, default=None, help="open loop: new players per s")
     load.add_argument("--sweep", type=parse_levels, default=None, help="closed loop at each: 1,4,8")
     p.add_argument("--players", type=int, default=None, help="open loop without --duration")
+    p.add_argument(
+        "--mode", choices=("plugin", "generate"), default="plugin",
+        help="plugin: npc.say with the sample cards; generate: plain turns with --persona",
+    )  # fmt: skip
+    p.add_argument("--cards", type=lambda t: t.split(","), default=list(SAMPLE_CARDS))
+    p.add_argument("--typing", action="store_true", help="npc.typing before each line")
+    p.add_argument("--compare-typing", action="store_true", help="run without, then with typing")
+    p.add_argument("--typing-cps", type=float, default=6.0, help="typing speed, chars per s")
+    p.add_argument("--history-tokens", type=int, default=0, help="narration before line one")
     add_load_arguments(p)
     p.set_defaults(run=run)
 
@@ -200,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench npc: error: {exc}")
         return 2
+    if args.mode == "plugin":
+        return run_npc_plugin(args, plans)
     opener = banterbox_opener(
         args.url,
         load_persona(args.persona),
@@ -229,3 +249,248 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(str(p) for p in files.png_paths)
     )
     return 0 if all(lv.metrics.num_ok for lv in levels) else 1
+
+
+class NpcCounts:
+    """What a run of npc players saw besides speech: events by kind and name, prefills."""
+
+    def __init__(self) -> None:
+        self.events: Counter[str] = Counter()  # "emotion", "action"
+        self.names: Counter[str] = Counter()  # "emotion:proud", "action:give_item"
+        self.typing: Counter[str] = Counter()  # "sent", "prefilled", "superseded", "skipped"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": dict(self.events),
+            "by_name": dict(sorted(self.names.items())),
+            "typing": dict(self.typing),
+        }
+
+
+class NpcPlayer:
+    """One game client talking to one NPC through the npc plugin."""
+
+    def __init__(
+        self,
+        client: Any,
+        npc: str,
+        player: str,
+        counts: NpcCounts,
+        *,
+        max_tokens: int,
+        sampling: Mapping[str, Any],
+        typing_cps: float | None,
+    ) -> None:
+        self._client = client
+        self._base = {"npc": npc, "player": player}
+        self._counts = counts
+        self._max_tokens = max_tokens
+        self._sampling = dict(sampling)
+        self._typing_cps = typing_cps  # None: no npc.typing frames
+        self._drains: set[asyncio.Task[None]] = set()
+
+    async def tell(self, narration: Sequence[str]) -> None:
+        """Narration the NPC hears before the first line (a history without replies)."""
+        for text in narration:
+            async for _ in self._client.send_plugin(
+                "npc.event", {**self._base, "text": text}, end_types=frozenset({"npc.noted"})
+            ):
+                pass
+
+    async def turn(self, line: str) -> TurnRecord:
+        from protocol import Delta, Done, PluginFrame
+        from server.client import CONNECTION_CLOSED, BanterboxError
+
+        if self._typing_cps is not None:
+            await self._type(line)
+        payload = {**self._base, "text": line, "max_tokens": self._max_tokens, **self._sampling}
+        stream = self._client.send_plugin(
+            "npc.say", payload, end_types=frozenset({"npc.interrupted"})
+        )
+        start = time.perf_counter()
+        times: list[float] = []
+        done = None
+        try:
+            async for frame in stream:
+                if isinstance(frame, Delta):
+                    times.append(time.perf_counter())
+                elif isinstance(frame, PluginFrame) and frame.type in ("npc.emotion", "npc.action"):
+                    kind = frame.type.removeprefix("npc.")
+                    name = frame.payload.get("emotion", frame.payload.get("name"))
+                    self._counts.events[kind] += 1
+                    self._counts.names[f"{kind}:{name}"] += 1
+                elif isinstance(frame, Done):
+                    done = frame
+        except BanterboxError as exc:
+            return error_record(start, exc.code, fatal=exc.code == CONNECTION_CLOSED)
+        end = time.perf_counter()
+        if done is None:
+            return error_record(start, "no_done")
+        usage = done.usage
+        timeline = RequestTimeline(
+            start, tuple(times), end, usage.num_prompt_tokens, usage.num_completion_tokens
+        )
+        return TurnRecord(timeline, num_cached_tokens=usage.num_cached_tokens)
+
+    async def _type(self, line: str) -> None:
+        """Type LINE at the player's speed, one npc.typing per word (a game's debounce)."""
+        assert self._typing_cps is not None
+        words = line.split(" ")
+        for index in range(1, len(words)):
+            partial = " ".join(words[:index])
+            await asyncio.sleep((len(words[index - 1]) + 1) / self._typing_cps)
+            stream = self._client.send_plugin(
+                "npc.typing", {**self._base, "text": partial}, end_types=frozenset({"npc.typed"})
+            )
+            task = asyncio.create_task(self._drain(stream))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        await asyncio.sleep(len(words[-1]) / self._typing_cps)
+
+    async def _drain(self, stream: Any) -> None:
+        from protocol import PluginFrame
+        from server.client import BanterboxError
+
+        self._counts.typing["sent"] += 1
+        try:
+            async for frame in stream:
+                if isinstance(frame, PluginFrame) and frame.type == "npc.typed":
+                    payload = frame.payload
+                    outcome = (
+                        "prefilled"
+                        if payload.get("prefilled")
+                        else "superseded"
+                        if payload.get("superseded")
+                        else "skipped"
+                    )
+                    self._counts.typing[outcome] += 1
+        except BanterboxError as exc:
+            self._counts.typing[f"error:{exc.code}"] += 1
+
+
+def narration_for(player: str, num_tokens: int) -> list[str]:
+    """About NUM_TOKENS of narration, each chunk starting with PLAYER so that no two players
+    share a cached prefix past the card."""
+    lines = load_lines("player_lines")
+    chunks: list[str] = []
+    text = ""
+    index = 0
+    while len(text) + sum(map(len, chunks)) < num_tokens * CHARS_PER_TOKEN:
+        text += f" {player} recalls: {lines[index % len(lines)]}"
+        index += 1
+        if len(text) > 1500:
+            chunks.append(text.strip())
+            text = ""
+    return [*chunks, text.strip()] if text else chunks
+
+
+def npc_opener(
+    url: str,
+    counts: NpcCounts,
+    *,
+    cards: Sequence[str],
+    max_tokens: int,
+    sampling: Mapping[str, Any],
+    typing_cps: float | None,
+    history_tokens: int,
+    api_key: str | None = None,
+    prefix: str = "p",
+) -> PlayerOpener:
+    """Players of the npc plugin; player i talks to cards[i mod len(cards)]."""
+
+    @contextlib.asynccontextmanager
+    async def open_player(index: int) -> AsyncIterator[Player]:
+        from websockets.exceptions import WebSocketException
+
+        from server.client import BanterboxClient, BanterboxError
+
+        player_id = f"{prefix}{index}"
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                client = await stack.enter_async_context(
+                    BanterboxClient.connect(url, api_key=api_key, client_name="banterbox-bench")
+                )
+                player = NpcPlayer(
+                    client,
+                    cards[index % len(cards)],
+                    player_id,
+                    counts,
+                    max_tokens=max_tokens,
+                    sampling=sampling,
+                    typing_cps=typing_cps,
+                )
+                if history_tokens:
+                    await player.tell(narration_for(player_id, history_tokens))
+            except (OSError, TimeoutError, WebSocketException, BanterboxError) as exc:
+                raise PlayerOpenError(CONNECT_FAILED, str(exc)) from exc
+            yield player
+
+    return open_player
+
+
+def run_npc_plugin(args: argparse.Namespace, plans: Sequence[LoadPlan]) -> int:
+    """The npc plugin scenario: one series, or two (without / with typing) to compare."""
+    modes = (
+        [None, args.typing_cps]
+        if args.compare_typing
+        else [args.typing_cps if args.typing else None]
+    )
+    series: dict[str, list[Any]] = {}
+    summary: dict[str, Any] = {}
+    stamp = int(time.time())
+    for typing_cps in modes:
+        label = "typing" if typing_cps is not None else "no typing"
+        counts = NpcCounts()
+        opener = npc_opener(
+            args.url,
+            counts,
+            cards=args.cards,
+            max_tokens=args.max_tokens,
+            sampling=sampling_of(args),
+            typing_cps=typing_cps,
+            history_tokens=args.history_tokens,
+            api_key=args.api_key,
+            prefix=f"{'t' if typing_cps else 'n'}{stamp}-",  # fresh sessions per mode and run
+        )
+        levels = asyncio.run(
+            run_sweep(
+                opener,
+                plans,
+                load_lines("player_lines"),
+                slo_ttft_s=args.slo_ttft,
+                slo_min_tok_s=args.slo_tok_s,
+                progress=not args.no_progress,
+            )
+        )
+        series[label] = levels
+        summary[label] = {
+            **counts.to_dict(),
+            "ttft_ms": [{"p50": lv.metrics.ttft.p50, "p99": lv.metrics.ttft.p99} for lv in levels],
+        }
+    notes = _typing_notes(series) if args.compare_typing else []
+    if notes:
+        summary["typing_vs_not"] = notes
+    files = write_report(
+        args.json or default_json_path("npc"),
+        scenario="npc",
+        config=config_of(args),
+        series=series,
+        summary={"npc": summary},
+        notes=[f"npc: {json.dumps(summary)}", *notes],
+    )
+    print(files.markdown)
+    print(f"wrote {files.json_path}, {files.markdown_path}")
+    return 0 if all(lv.metrics.num_ok for levels in series.values() for lv in levels) else 1
+
+
+def _typing_notes(series: Mapping[str, Sequence[Any]]) -> list[str]:
+    notes = []
+    for without, with_typing in zip(series["no typing"], series["typing"], strict=True):
+        a, b = without.metrics.ttft, with_typing.metrics.ttft
+        if a.p50 and b.p50 and a.p99 and b.p99:
+            notes.append(
+                f"TTFT with typing-prefill / without at {without.concurrency} players: "
+                f"p50 {b.p50:.0f} / {a.p50:.0f} ms = {b.p50 / a.p50:.2f}, "
+                f"p99 {b.p99:.0f} / {a.p99:.0f} ms = {b.p99 / a.p99:.2f}"
+            )
+    return notes
