@@ -27,6 +27,8 @@ async def test_npc_at_concurrency_two_writes_latency_and_goodput_figures(tmp_pat
     async with running_server(write_tiny_model(tmp_path)) as server:
         argv = [
             "npc",
+            "--mode",
+            "generate",
             "--url",
             url_of(server),
             "--concurrency",
