@@ -25,6 +25,8 @@ setup: $(STAMP)
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 	# The playground's browser tests: Debian's chromium driven by Playwright (never a download).
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	# The C# client's tests build with Mono (Debian's mono-mcs) and run on its runtime.
+	command -v mcs >/dev/null || (apt-get update && apt-get install -y mono-mcs mono-runtime)
 
 model: setup
 	$(VENV)/bin/banterbox pull
