@@ -283,6 +283,25 @@ class BanterboxClient:
         )
         return PluginStream(self, frame, request_id, end_types)
 
+    def npc_say(
+        self,
+        npc: str,
+        player: str,
+        text: str,
+        *,
+        session_id: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> PluginStream:
+        """One NPC line (the npc plugin): iterate `Delta` (speech only), `npc.emotion` and
+        `npc.action` PluginFrames where they occur, then `Done` (or `npc.interrupted`)."""
+        fields = {"session_id": session_id, "max_tokens": max_tokens}
+        fields |= {"temperature": temperature, "seed": seed}
+        payload = {"npc": npc, "player": player, "text": text}
+        payload |= {k: v for k, v in fields.items() if v is not None}
+        return self.send_plugin("npc.say", payload, end_types=frozenset({"npc.interrupted"}))
+
     # --- plumbing -----------------------------------------------------------------------------
 
     async def _single(self, frame: ClientFrame, request_id: str, kind: type[_T]) -> _T:
