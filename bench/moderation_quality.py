@@ -4,6 +4,9 @@ labeled game-and-stream chat in bench/corpus/moderation_*.tsv. No server: the co
 in-memory store, each message from its own user so no flood or duplicate window mixes in.
 
 A message counts as flagged when its action is not `allow` (the anchor: predict_prob >= 0.5).
+The learning curve is the policy-by-example classifier alone, trained on the first N
+messages of the tuning part (shuffled: the order moderators might have reviewed them in) and
+scored on the held-out part, flagging at P(disallowed) >= 0.5.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import json
 import platform
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,7 +23,9 @@ from pathlib import Path
 
 from plugins.moderation.cascade import Cascade, Message, Predict
 from plugins.moderation.categorize import Lexicon
+from plugins.moderation.examples import Example, ExampleModel
 from plugins.moderation.filters import FILTER_NAMES
+from plugins.moderation.folding import fold
 from plugins.moderation.policy import parse_policy
 from plugins.moderation.profanity import ProfanityModel
 from plugins.moderation.rules import CompiledChannel
@@ -101,6 +107,24 @@ def systems(model: ProfanityModel) -> dict[str, Callable[[Sequence[str]], list[b
     }
 
 
+def learning_curve(
+    train: Sequence[tuple[int, str]], test: Sequence[tuple[int, str]], *, seed: int = 0
+) -> list[dict[str, object]]:
+    order = list(train)
+    random.Random(seed).shuffle(order)
+    labels = [label for label, _ in test]
+    words = [fold(text).words for _, text in test]
+    curve = []
+    for num_decisions in (10, 20, 50, 100, 150, len(order)):
+        seen = order[:num_decisions]
+        model = ExampleModel(
+            [Example(text=text, disallowed=bool(label)) for label, text in seen], min_per_class=1
+        )
+        flagged = [model.predict(w) >= 0.5 for w in words]
+        curve.append({"num_decisions": len(seen), **asdict(scores(labels, flagged))})
+    return curve
+
+
 def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = scenarios.add_parser("moderation-quality", help="moderation precision/recall/F1/FPR")
     p.add_argument(
@@ -119,11 +143,13 @@ def run(args: argparse.Namespace) -> int:
         results[split] = {
             name: asdict(scores(labels, flag(texts))) for name, flag in systems(model).items()
         }
+    curve = learning_curve(load_split("tune"), load_split("heldout"))
     report = {
         "scenario": "moderation-quality",
         "corpus": "bench/corpus/moderation_{tune,heldout}.tsv (written for Banterbox)",
         "machine": {"python": platform.python_version(), "processor": platform.machine()},
         "results": results,
+        "learning_curve": curve,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -134,5 +160,10 @@ def run(args: argparse.Namespace) -> int:
                 f"  {name} | {s['num_messages']} | {s['precision']:.3f} | {s['recall']:.3f} | "
                 f"{s['f1']:.3f} | {s['false_positive_rate']:.3f}"
             )
+    print("\npolicy by example, trained on N tuning decisions, on the held-out part:")
+    for point in curve:
+        print(
+            f"  N={point['num_decisions']}: F1 {point['f1']:.3f}, FPR {point['false_positive_rate']:.3f}"
+        )
     print(f"\nwrote {args.json}")
     return 0

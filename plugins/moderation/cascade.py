@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .categorize import CategoryScores, Lexicon
+from .examples import ExampleModel
 from .filters import run_filters
 from .folding import fold
 from .judge import Ruling
+from .policy import ChannelPolicy
 from .rules import CompiledChannel
 from .state import check_state, strike, take_permit
 from .store import Store
@@ -80,7 +82,12 @@ class Cascade:
         self._clock = clock
 
     async def check(
-        self, channel_name: str, channel: CompiledChannel, messages: Sequence[Message]
+        self,
+        channel_name: str,
+        channel: CompiledChannel,
+        messages: Sequence[Message],
+        *,
+        examples: ExampleModel | None = None,
     ) -> list[Verdict]:
         policy = channel.policy
         exempt = [bool(m.roles & policy.exempt_roles) for m in messages]
@@ -98,7 +105,10 @@ class Cascade:
             pure[i] = self._pure(channel, messages[i], score)
             if self._memo is not None:
                 self._memo.put((messages[i].text, messages[i].roles), pure[i])
-        fast = {i: await self._stateful(channel_name, channel, messages[i], pure[i]) for i in todo}
+        fast = {
+            i: await self._stateful(channel_name, channel, messages[i], pure[i], examples)
+            for i in todo
+        }
         judged = await self._run_judge(channel, messages, fast)
         verdicts = []
         for i, message in enumerate(messages):
@@ -136,10 +146,18 @@ class Cascade:
         return _Fast(findings=tuple(findings), categories=categories, joined=folded.joined)
 
     async def _stateful(
-        self, channel_name: str, channel: CompiledChannel, message: Message, pure: _Fast
+        self,
+        channel_name: str,
+        channel: CompiledChannel,
+        message: Message,
+        pure: _Fast,
+        examples: ExampleModel | None,
     ) -> _Fast:
-        """The layers that read and count per-user state: link permits, windows."""
+        """The layers that read and count per-user state (link permits, windows), and the
+        channel's example classifier, which learns, so is never memoised."""
         findings = list(pure.findings)
+        if examples is not None and examples.ready:
+            findings.append(_example_finding(examples, pure.joined, channel.policy))
         if any(f.reason.name == "links" for f in findings) and await take_permit(
             self._store, channel_name, message.user_id
         ):
@@ -194,9 +212,9 @@ class Cascade:
         acting = [f for f in findings if f.action is not Action.ALLOW]
         reasons = tuple(f.reason for f in findings)
         scores = dict(categories.scores)
-        for finding in findings:  # the judge's P(yes) is the channel policy's category score
-            if finding.reason.source is Source.JUDGE and finding.reason.name == "policy":
-                scores["policy"] = finding.score
+        for finding in findings:  # the judge's and the example classifier's own categories
+            if (finding.reason.source, finding.reason.name) in _OWN_CATEGORIES:
+                scores[finding.reason.name] = finding.score
         risk = max([*scores.values(), *(f.score for f in acting)], default=0.0)
         if not acting:
             return Verdict(action=Action.ALLOW, score=risk, categories=scores, reasons=reasons)
@@ -222,6 +240,23 @@ class Cascade:
             duration_s=duration_s if action in (Action.TIMEOUT, Action.BAN) else 0,
             silent=all(f.silent for f in acting),
         )
+
+
+_OWN_CATEGORIES = frozenset({(Source.JUDGE, "policy"), (Source.CLASSIFIER, "examples")})
+
+
+def _example_finding(model: ExampleModel, joined: str, policy: ChannelPolicy) -> Finding:
+    p = model.predict(joined.split())
+    allowed, disallowed = model.num_examples
+    detail = (
+        f"P(disallowed) = {p:.2f} by the channel's example classifier "
+        f"({allowed} allowed, {disallowed} disallowed examples)"
+    )
+    return Finding(
+        action=Action.HOLD if p >= policy.examples_threshold else Action.ALLOW,
+        reason=Reason(source=Source.CLASSIFIER, name="examples", detail=detail),
+        score=p,
+    )
 
 
 def _risk(fast: _Fast) -> float:

@@ -22,6 +22,7 @@ from .audit import DECISIONS, AuditQuery, hold, pending, query, record, take_hol
 from .batcher import MicroBatcher
 from .cascade import Cascade, Message, TextMemo
 from .categorize import Lexicon
+from .examples import Example, ExampleModel
 from .judge import Judge, Ruling
 from .policy import ChannelPolicy, PolicyError, parse_policy, policy_to_wire
 from .profanity import ProfanityModel
@@ -36,6 +37,7 @@ FRAME_TYPES = frozenset(
     {"mod.check", "mod.check_batch", "mod.config", "mod.review", "mod.audit", "mod.subscribe"}
 )
 Channel = tuple[str, str]  # (tenant, channel)
+MAX_DECISIONS = 5000  # review decisions kept per channel as examples (the newest)
 
 
 class ModerationPlugin(BasePlugin):
@@ -52,6 +54,8 @@ class ModerationPlugin(BasePlugin):
         self._lexicon = Lexicon()
         self._default = CompiledChannel.compile(ChannelPolicy())
         self._compiled: dict[Channel, tuple[object, CompiledChannel]] = {}
+        # Derived from the policy's examples and the store's decision log; rebuilt on change.
+        self._example_models: dict[Channel, ExampleModel] = {}
         # Keyed by the compiled policy: results depend on the policy and the text only.
         self._memos: dict[int, TextMemo] = {}
         self._judge = Judge(
@@ -106,7 +110,8 @@ class ModerationPlugin(BasePlugin):
             memo=self._memos.setdefault(id(compiled), TextMemo()),
             clock=time.time,
         )
-        verdicts = await cascade.check(channel, compiled, messages)
+        examples = await self._example_model(ctx, store, channel, compiled.policy)
+        verdicts = await cascade.check(channel, compiled, messages, examples=examples)
         for message, verdict in zip(messages, verdicts, strict=True):
             if verdict.action is not Action.ALLOW:
                 await self._act(ctx, store, compiled.policy, channel, message, verdict)
@@ -159,6 +164,29 @@ class ModerationPlugin(BasePlugin):
         }
         await record(store, channel, entry)
         await self._emit(ctx, channel, entry)
+
+    async def _example_model(
+        self, ctx: PluginContext, store: Store, channel: str, policy: ChannelPolicy
+    ) -> ExampleModel:
+        model = self._example_models.get((ctx.tenant, channel))
+        if model is None:
+            model = await self._train(store, channel, policy)
+            self._example_models[(ctx.tenant, channel)] = model
+        return model
+
+    async def _train(self, store: Store, channel: str, policy: ChannelPolicy) -> ExampleModel:
+        examples = [Example(text=t, disallowed=False) for t in policy.examples_allowed]
+        examples += [Example(text=t, disallowed=True) for t in policy.examples_disallowed]
+        for entry in await store.range(_examples_key(channel)):
+            if isinstance(entry, dict) and isinstance(entry.get("text"), str):
+                examples.append(Example(text=entry["text"], disallowed=bool(entry["disallowed"])))
+        return ExampleModel(examples)
+
+    async def _retrain(self, ctx: PluginContext, channel: str) -> None:
+        """After a moderator's decision: the channel's example classifier, trained again."""
+        store = self._store(ctx)
+        policy = (await self._channel(ctx, store, channel)).policy
+        self._example_models[(ctx.tenant, channel)] = await self._train(store, channel, policy)
 
     async def _rule(self, ctx: PluginContext, policy: str, texts: Sequence[str]) -> Ruling:
         async def score(prompt: str, candidates: Sequence[str]) -> list[float]:
@@ -229,6 +257,7 @@ class ModerationPlugin(BasePlugin):
                 reader.fail(f"policy.{exc.field}", str(exc).partition(": ")[2])
             wire = policy_to_wire(policy)
             await store.set(f"policy:{channel}", wire)
+            self._example_models.pop((ctx.tenant, channel), None)
             entry = {"at": time.time(), "kind": "config", "moderator": _moderator(reader, ctx)}
             await record(store, channel, entry)
         compiled = await self._channel(ctx, store, channel)
@@ -263,6 +292,9 @@ class ModerationPlugin(BasePlugin):
             action, duration_s = Action.DELETE, 0
             if policy.escalation.enabled:
                 action, duration_s = penalty.action, penalty.duration_s
+        decision = {"text": str(held.get("text", "")), "disallowed": op == "deny"}
+        await store.append(_examples_key(channel), decision, max_len=MAX_DECISIONS)
+        ctx.spawn(self._retrain(ctx, channel), name=f"mod examples {channel}")
         entry: dict[str, object] = {
             **_held_entry(held, message_id),
             "at": time.time(),
@@ -329,6 +361,10 @@ def _held_entry(held: Mapping[str, object], message_id: str) -> dict[str, object
         "user_name": held.get("user_name", ""),
         "text": held.get("text", ""),
     }
+
+
+def _examples_key(channel: str) -> str:
+    return f"examples:{channel}"
 
 
 def _topic(channel: str) -> str:

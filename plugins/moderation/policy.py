@@ -99,6 +99,10 @@ class ChannelPolicy:
     exempt_roles: frozenset[str] = DEFAULT_EXEMPT  # skip rules, state and classifier
     hold_s: float = 120.0  # a held message not reviewed by then expires (denied)
     judge: JudgeSettings = JudgeSettings()
+    # Policy by example: with review decisions, they train the channel's own classifier.
+    examples_allowed: tuple[str, ...] = ()
+    examples_disallowed: tuple[str, ...] = ()
+    examples_threshold: float = 0.9  # P(disallowed) at which that classifier holds a message
 
 
 def parse_policy(raw: Mapping[str, object]) -> ChannelPolicy:
@@ -143,6 +147,9 @@ def parse_policy(raw: Mapping[str, object]) -> ChannelPolicy:
         exempt_roles=frozenset(_strings(raw, "exempt_roles", tuple(base.exempt_roles))),
         hold_s=_number(raw, "hold_s", float, base.hold_s),
         judge=judge,
+        examples_allowed=_strings(raw, "examples_allowed", base.examples_allowed),
+        examples_disallowed=_strings(raw, "examples_disallowed", base.examples_disallowed),
+        examples_threshold=_number(raw, "examples_threshold", float, base.examples_threshold),
     )
 
 

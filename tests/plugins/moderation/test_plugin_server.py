@@ -235,3 +235,18 @@ async def test_holds_review_expiry_audit_and_subscriptions(model: Path) -> None:
         await check(bot, "your mom again", rid="after", uid="v9")
         with pytest.raises(TimeoutError):
             await recv_frame(dashboard, timeout_s=0.5)
+        # Policy by example: two and two examples in the policy, and the two reviews above
+        # (approved "your mom", denied "you are so annoying") make three of each.
+        await set_policy(
+            bot,
+            {
+                "examples_allowed": ["love the stream", "nice play"],
+                "examples_disallowed": ["go left now", "use your ult"],
+                "examples_threshold": 0.8,
+            },
+            rid="ex",
+        )
+        verdict = await check(bot, "go left and use your ult", rid="bs", uid="bs")
+        assert verdict["action"] == "hold"
+        (reason,) = verdict["reasons"]  # type: ignore[misc]
+        assert reason["name"] == "examples" and "3 allowed, 3 disallowed" in reason["detail"]
