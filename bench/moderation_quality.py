@@ -162,8 +162,7 @@ def run(args: argparse.Namespace) -> int:
             )
     print("\npolicy by example, trained on N tuning decisions, on the held-out part:")
     for point in curve:
-        print(
-            f"  N={point['num_decisions']}: F1 {point['f1']:.3f}, FPR {point['false_positive_rate']:.3f}"
-        )
+        f1, fpr = point["f1"], point["false_positive_rate"]
+        print(f"  N={point['num_decisions']}: F1 {f1:.3f}, FPR {fpr:.3f}")
     print(f"\nwrote {args.json}")
     return 0
