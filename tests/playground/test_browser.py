@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Page, async_playwright, expect
@@ -14,6 +15,7 @@ from server_harness import fast_config, running_server
 from tiny import TinyConfig, random_hf_tensors, write_gguf
 
 from server.app import BanterboxServer
+from server.config import ApiKey
 
 CHROMIUM = "/usr/bin/chromium"  # `make setup` installs it; Playwright's own browsers never
 CHROMIUM_ARGS = [
@@ -42,13 +44,16 @@ def screenshot_path(name: str) -> Path:
 
 
 @asynccontextmanager
-async def playground(model: Path) -> AsyncIterator[tuple[BanterboxServer, Page]]:
+async def playground(
+    model: Path, *, auth: dict[str, Any] | None = None, connected: str = "connected to"
+) -> AsyncIterator[tuple[BanterboxServer, Page]]:
     config = fast_config(
         plugins={
             "enabled": ["chat", "npc", "moderation"],
             "settings": {"npc": {"max_tokens": 1500}},  # long turns: time to interrupt one
         },
         engine={"kv_cache_mib": 64},
+        auth=auth or {},
     )
     async with running_server(model, config) as server, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -57,7 +62,7 @@ async def playground(model: Path) -> AsyncIterator[tuple[BanterboxServer, Page]]
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             await page.goto(f"http://127.0.0.1:{server.port}/")
-            await expect(page.locator("#status")).to_contain_text("connected to", timeout=WAIT_MS)
+            await expect(page.locator("#status")).to_contain_text(connected, timeout=WAIT_MS)
             yield server, page
             assert errors == []
         finally:
@@ -115,3 +120,16 @@ async def test_moderation_hold_then_approve(model: Path) -> None:
         await expect(page.locator("#mod-holds li[data-message-id]")).to_have_count(0)
         await expect(page.locator("#mod-feed li").first).to_contain_text("approve by playground")
         await page.screenshot(path=screenshot_path("moderation-approved"), full_page=True)
+
+
+async def test_with_auth_on_the_key_field_connects_and_unlocks_metrics(model: Path) -> None:
+    key = ApiKey(key="pg-key-1", tenant="t1", scopes=frozenset({"generate", "moderate", "metrics"}))
+    async with playground(model, auth={"keys": (key,)}, connected="unauthorized") as (_, page):
+        await expect(page.locator("#metrics-status")).to_contain_text("needs a key",
+                                                                      timeout=WAIT_MS)  # fmt: skip
+        await page.fill("#api-key", "pg-key-1")
+        await page.click("#connect")
+        await expect(page.locator("#status")).to_contain_text("connected to", timeout=WAIT_MS)
+        await expect(page.locator("#m-connections")).to_have_text("1", timeout=WAIT_MS)
+        await expect(page.locator("#mod-subscribed")).to_contain_text("live feed", timeout=WAIT_MS)
+        await page.screenshot(path=screenshot_path("auth-key"), full_page=True)
