@@ -76,6 +76,7 @@ async def _run_chat(args: argparse.Namespace) -> list[RequestTimeline]:
     rng = random.Random(args.seed)
     async with BanterboxClient.connect(args.url, api_key=args.api_key) as client:
         require_moderation(client.welcome, args.url)
+        await _set_policy(client, args)
         started = time.perf_counter()
         tasks = []
         bar = tqdm(desc=f"chat {args.rate}/s", unit="msg", disable=args.no_progress, leave=False)
@@ -91,6 +92,18 @@ async def _run_chat(args: argparse.Namespace) -> list[RequestTimeline]:
     return timelines
 
 
+async def _set_policy(client: Any, args: argparse.Namespace) -> None:
+    """The bench channel's policy: the default one, or with the LLM judge on every message."""
+    policy = {"judge": {"policy": args.judge_policy, "mode": "all"}} if args.judge_policy else {}
+    stream = client.send_plugin(
+        "mod.config",
+        {"channel": "bench", "op": "set", "policy": policy},
+        end_types=frozenset({"mod.policy"}),
+    )
+    async for _ in stream:
+        break
+
+
 async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
     from server.client import BanterboxClient
 
@@ -102,6 +115,7 @@ async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
         require_moderation(client.welcome, args.url)
         if BATCH_FRAME not in tuple(client.welcome.capabilities):
             raise MissingPluginError(f"server at {args.url} has no {BATCH_FRAME}")
+        await _set_policy(client, args)
         started = time.perf_counter()
         deadline = started + args.duration
 
@@ -153,6 +167,9 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--batch", type=int, default=0, help="N > 0: mod.check_batch of N, closed loop")
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight (batch mode)")
     p.add_argument("--unique", action="store_true", help="make every text unique (no memo hits)")
+    p.add_argument(
+        "--judge-policy", default="", help="plain-words policy: the LLM judge rules every message"
+    )
     p.add_argument("--slo-ttft", type=float, default=0.5, help="verdict latency SLO, seconds")
     p.add_argument("--json", type=Path, default=None, help="default: bench/results/chat-TIME.json")
     p.add_argument("--no-progress", action="store_true")
