@@ -41,10 +41,14 @@ from .records import (
     session_key,
 )
 from .reply import heard
+from .scenes import Scenes
 from .turn import ReplyStream, Stoppable
 from .wire import frame, invalid, memory_payload, read_id, read_line, read_session_id
 
-_GENERATE = ("say", "interrupt", "typing", "open", "close", "memory", "event", "state")
+_GENERATE = (
+    *("say", "interrupt", "typing", "open", "close", "memory", "event", "state"),
+    *("scene.open", "scene.say", "scene.advance"),
+)
 SCOPES: Mapping[str, str] = MappingProxyType(
     {f"npc.{name}": SCOPE_GENERATE for name in _GENERATE} | {"npc.define": SCOPE_ADMIN}
 )
@@ -76,6 +80,7 @@ class NpcPlugin(BasePlugin):
         # prefill of a session by (tenant, session id).
         self._replies: dict[tuple[str, str], tuple[str, ReplyStream]] = {}
         self._prefills: dict[tuple[str, str], Stoppable[object]] = {}
+        self.scenes = Scenes(self._card, max_tokens=self.max_tokens, temperature=self.temperature)
 
     async def start(self, host: PluginHost) -> None:
         self._host = host
@@ -96,6 +101,9 @@ class NpcPlugin(BasePlugin):
             "npc.define": self._define,
             "npc.event": self._event,
             "npc.state": self._state,
+            "npc.scene.open": self.scenes.open,
+            "npc.scene.say": self.scenes.say,
+            "npc.scene.advance": self.scenes.advance,
         }[frame.type]
         await handler(read, ctx)
 

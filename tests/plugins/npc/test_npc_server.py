@@ -3,6 +3,7 @@ prefill while typing, memory, cards at runtime, and typed errors that leave the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cards")
     (folder / "guard.toml").write_text(CARD)
+    (folder / "cook.toml").write_text(CARD.replace('name = "Bo"', 'name = "Mo"'))
     return folder
 
 
@@ -315,3 +317,44 @@ async def test_bad_input_gets_typed_errors_and_the_server_keeps_serving(
             },
         )
         assert noted[-1].type == "npc.noted"  # type: ignore[union-attr]
+
+
+async def _scene_frames(ws: ClientConnection, num_lines: int) -> list[tuple[str, object]]:
+    """Scene frames until NUM_LINES npc.scene.line frames came; (type, payload) each."""
+    seen: list[tuple[str, object]] = []
+    while sum(1 for kind, _ in seen if kind == "npc.scene.line") < num_lines:
+        frame = await recv_frame(ws, timeout_s=60)
+        answer = isinstance(frame, PluginFrame) and frame.type in ("npc.scene", "npc.scene.done")
+        if isinstance(frame, PluginFrame) and "scene_id" in frame.payload and not answer:
+            seen.append((frame.type, dict(frame.payload)))
+    return seen
+
+
+async def test_a_scene_reaches_every_subscribed_connection(model: Path, cards: Path) -> None:
+    async with (
+        running_server(model, config(cards)) as server,
+        raw_client(server) as a,
+        raw_client(server) as b,
+    ):
+        opening = {"type": "npc.scene.open", "scene_id": "inn", "npcs": ["guard", "cook"]}
+        opened = await ask(a, opening | {"id": "open-a", "players": ["ann", "bob"]})
+        assert opened[-1].payload["npcs"] == ["guard", "cook"]  # type: ignore[union-attr]
+        joined = await ask(b, {"type": "npc.scene.open", "id": "open-b", "scene_id": "inn"})
+        assert joined[-1].payload["players"] == ["ann", "bob"]  # type: ignore[union-attr]
+        await a.send(
+            encode({"type": "npc.scene.advance", "id": "adv", "scene_id": "inn", "lines": 2})
+        )
+        seen_a, seen_b = await asyncio.gather(_scene_frames(a, 2), _scene_frames(b, 2))
+        assert seen_a == seen_b
+        speakers = [p["speaker"] for kind, p in seen_a if kind == "npc.scene.line"]  # type: ignore[index]
+        assert speakers == ["guard", "cook"]  # the director lets each NPC speak in turn
+        assert all("[" not in str(p["text"]) for kind, p in seen_a if kind == "npc.scene.delta")  # type: ignore[index]
+        # A player's line to one NPC: the line and the answer reach both connections.
+        say = {"type": "npc.scene.say", "id": "say", "scene_id": "inn", "player": "bob"}
+        await b.send(encode(say | {"text": "Mo, any stew?", "to": "cook"}))
+        seen_a, seen_b = await asyncio.gather(_scene_frames(a, 2), _scene_frames(b, 2))
+        assert seen_a == seen_b
+        lines = [p for kind, p in seen_a if kind == "npc.scene.line"]
+        assert [p["speaker"] for p in lines] == ["bob", "cook"]  # type: ignore[index]
+        missing = await ask(a, {"type": "npc.scene.advance", "id": "x", "scene_id": "nowhere"})
+        assert isinstance(missing[-1], ErrorFrame) and missing[-1].code == "invalid_field"
