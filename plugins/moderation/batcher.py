@@ -1,4 +1,4 @@
-"""Micro-batching of classifier calls: many awaiting coroutines, one model call in a thread.
+"""Micro-batching of classifier calls: many awaiters, one model call in a thread. Knows no model.
 
 Messages from every channel and connection wait up to `window_s` (or until `max_batch` are
 queued) and go to the model in one call on a worker thread, so the event loop never runs

@@ -1,4 +1,4 @@
-"""The cascade: folding, rules, filters, per-user state, classifier, judge, escalation, verdict.
+"""The cascade from a message to its verdict, over the layers and a Store; never the plugin API.
 
 Knows the Store and the layers' own interfaces, never the plugin context: the plugin hands it
 a store, a profanity predictor and (maybe) a judge. A batch is one classifier call and one
