@@ -1,5 +1,6 @@
-"""NPC dialogue: character cards, typed emotion/action events, memory, barge-in, prefill while
-typing. Imports plugins.api and protocol only; protocol/SPEC.md ("NPC dialogue") has the frames.
+"""NPC dialogue: cards, typed events, memory, barge-in, typing prefill, scenes. No server.
+
+Imports plugins.api and protocol only; protocol/SPEC.md section 13 has the frames.
 """
 
 from plugins.npc.plugin import NpcPlugin

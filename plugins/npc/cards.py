@@ -1,5 +1,6 @@
-"""Character cards: the TOML format, parsed and checked into frozen `Card`s. Pure: no I/O but
-reading card files, no plugin context.
+"""Character cards: the TOML format checked into frozen `Card`s. Pure: no plugin context.
+
+Reading card files is its only I/O.
 
 One file per character; the card's id is the file name without `.toml`. Every problem is one
 line, `CardError("FILE: FIELD: PROBLEM")`. The format (all strings unless said):

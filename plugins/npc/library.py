@@ -1,5 +1,7 @@
-"""The cards a tenant can talk to: the folder's (shared by every tenant) and those a tenant
-defined at runtime (kept in its store). Touches the store only through plugins.api.Store."""
+"""The cards a tenant can talk to: the folder's and its own. Store via plugins.api only.
+
+The folder's cards are shared by every tenant; a tenant's defined cards live in its store.
+"""
 
 from __future__ import annotations
 

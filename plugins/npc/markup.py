@@ -1,5 +1,6 @@
-"""The reply markup: typed emotion/action events, their inline spans, and the card's grammar of
-a whole reply. Pure: knows cards, never the plugin context or the wire.
+"""Reply markup: typed events, their inline spans, the card's reply grammar. Pure.
+
+Knows cards, never the plugin context or the wire.
 
 A reply is speech with inline spans, e.g. `Aye. [emotion:proud:0.7] Take it.
 [action:give_item(item=sword)]`. The spans are `[emotion:NAME:I]` with I one of 0.0 ... 1.0,

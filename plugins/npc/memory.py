@@ -1,5 +1,6 @@
-"""What an NPC remembers of a player between sessions, and how a finished session updates it.
-Pure: the store holds it as JSON, written by the plugin, never here.
+"""What an NPC remembers of a player between sessions. Pure: never touches the store.
+
+The store holds it as JSON, written by the plugin.
 
 Memory is deliberately plain: facts the player said about themselves (their own words), and
 two relationship numbers the game can read and edit. Affinity moves with the emotions the NPC

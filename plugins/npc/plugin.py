@@ -1,5 +1,7 @@
-"""The npc plugin: character cards to talk to, one session per (player, npc), typed events,
-barge-in, prefill while typing, memory between sessions. Imports plugins.api and protocol only.
+"""The npc plugin: npc.* frames onto cards, sessions and turns. Only plugins.api, protocol.
+
+Character cards to talk to, one session per (player, npc), typed events, scenes, barge-in,
+prefill while typing, memory between sessions.
 
 Frames and their answers are in protocol/SPEC.md ("NPC dialogue"). What lives where: the
 transcript in the server session (so a turn reuses its KV); the session record, memories,

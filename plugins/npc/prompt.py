@@ -1,5 +1,6 @@
-"""A card, a memory and a transcript made into the messages of one NPC turn. Pure: builds text,
-never calls the model or the plugin context.
+"""Cards, memories and transcripts made into prompts. Pure: never calls the model.
+
+Builds text only.
 
 Order matters for the KV cache: the card's own text comes first and is the same bytes for
 every player (so every player talking to one NPC shares its cached blocks); what differs per

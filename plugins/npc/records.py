@@ -1,5 +1,4 @@
-"""What the plugin keeps in its store per NPC session, per memory and per world, and the keys
-it keeps them under. Pure data and JSON; the store calls are the plugin's."""
+"""What the plugin keeps in its store, and under which keys. Pure data: no store calls."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""One NPC reply as it streamed: its pieces, and the marked-up line the transcript keeps, cut
-to what the player heard. Pure: no wire, no context."""
+"""A streamed reply cut to what the player heard, in transcript form. Pure: no wire.
+
+Its pieces, and the marked-up line the transcript keeps.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""Scenes: several NPCs and players over one shared transcript; each NPC speaks with its own
-card, and every frame of the scene goes to every connection subscribed to it. Talks to the
-server only through plugins.api (generate, store, subscribe, emit)."""
+"""Scenes: NPCs and players over one transcript, emitted to subscribers. plugins.api only.
+
+Each NPC speaks with its own card, and every frame of the scene goes to every connection
+subscribed to it. Talks to the server only through plugins.api (generate, store, subscribe,
+emit).
+"""
 
 from __future__ import annotations
 

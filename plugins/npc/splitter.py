@@ -1,5 +1,6 @@
-"""Turns a reply's text stream into speech and typed events where they occur. Pure: knows the
-markup and cards, never the wire or the plugin context.
+"""A reply's text stream split into speech and typed events. Pure: no wire, no context.
+
+Knows the markup and cards, never the wire or the plugin context.
 
 The splitter is fed the model's text in whatever chunks it comes (a span may be cut
 anywhere); it hands speech on as soon as it cannot be the start of a span, and an event the

@@ -1,6 +1,9 @@
-"""One NPC reply streamed to the client: speech as `delta`, events as npc.emotion/npc.action
-where they occur; and stopping it from another frame (barge-in, a newer prefill). Talks to
-the engine only through plugins.api's ctx.generate."""
+"""One streamed npc.say reply, and stopping work from another frame. plugins.api only.
+
+Speech goes out as `delta`, events as npc.emotion/npc.action where they occur; a barge-in or a
+newer prefill stops work from another frame. Talks to the engine only through plugins.api's
+ctx.generate.
+"""
 
 from __future__ import annotations
 

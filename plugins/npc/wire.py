@@ -1,5 +1,4 @@
-"""The npc frames' payload readers and the frames the plugin answers with. Pure: protocol
-types only, never the plugin context."""
+"""npc payload readers and answer frames. Pure: protocol types only, no plugin context."""
 
 from __future__ import annotations
 
