@@ -44,18 +44,22 @@ class _Fast:
     joined: str  # the folded text, for the duplicate windows
 
 
-class TextMemo:
-    """The text-only layers' results per (text, roles), bounded: chat repeats itself ("gg",
-    "LUL", copypasta), and a repeated line need not be folded, matched or classified again."""
+MemoKey = tuple[int, str, frozenset[str]]
 
-    def __init__(self, *, max_entries: int = 50_000) -> None:
-        self._entries: dict[tuple[str, frozenset[str]], _Fast] = {}
+
+class TextMemo:
+    """The text-only layers' results per (policy scope, text, roles), bounded: chat repeats
+    itself ("gg", "LUL", copypasta), and a repeated line need not be folded, matched or
+    classified again. A scope names one compiled policy; a changed policy gets a new one."""
+
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        self._entries: dict[MemoKey, _Fast] = {}
         self._max_entries = max_entries
 
-    def get(self, key: tuple[str, frozenset[str]]) -> _Fast | None:
+    def get(self, key: MemoKey) -> _Fast | None:
         return self._entries.get(key)
 
-    def put(self, key: tuple[str, frozenset[str]], value: _Fast) -> None:
+    def put(self, key: MemoKey, value: _Fast) -> None:
         if len(self._entries) >= self._max_entries:
             # Oldest quarter out (dicts keep insertion order): amortised O(1) per put.
             for old in list(self._entries)[: self._max_entries // 4]:
@@ -72,9 +76,11 @@ class Cascade:
         lexicon: Lexicon,
         judge: JudgeCall | None = None,
         memo: TextMemo | None = None,
+        memo_scope: int = 0,
         clock: Callable[[], float],
     ) -> None:
         self._memo = memo
+        self._memo_scope = memo_scope
         self._store = store
         self._predict = predict
         self._lexicon = lexicon
@@ -95,7 +101,8 @@ class Cascade:
         pure: dict[int, _Fast] = {}
         misses = []
         for i in todo:
-            hit = self._memo.get((messages[i].text, messages[i].roles)) if self._memo else None
+            key = (self._memo_scope, messages[i].text, messages[i].roles)
+            hit = self._memo.get(key) if self._memo is not None else None
             if hit is None:
                 misses.append(i)
             else:
@@ -104,7 +111,7 @@ class Cascade:
         for i, score in zip(misses, profanity, strict=True):
             pure[i] = self._pure(channel, messages[i], score)
             if self._memo is not None:
-                self._memo.put((messages[i].text, messages[i].roles), pure[i])
+                self._memo.put((self._memo_scope, messages[i].text, messages[i].roles), pure[i])
         fast = {
             i: await self._stateful(channel_name, channel, messages[i], pure[i], examples)
             for i in todo

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -53,11 +54,12 @@ class ModerationPlugin(BasePlugin):
         )
         self._lexicon = Lexicon()
         self._default = CompiledChannel.compile(ChannelPolicy())
-        self._compiled: dict[Channel, tuple[object, CompiledChannel]] = {}
+        self._compiled: dict[Channel, tuple[object, CompiledChannel, int]] = {}
         # Derived from the policy's examples and the store's decision log; rebuilt on change.
         self._example_models: dict[Channel, ExampleModel] = {}
-        # Keyed by the compiled policy: results depend on the policy and the text only.
-        self._memos: dict[int, TextMemo] = {}
+        # One bound for all channels; entries are scoped by compiled policy (0: the default).
+        self._memo = TextMemo()
+        self._scopes = itertools.count(1)
         self._judge = Judge(
             model="server model",
             max_inflight=self.settings.judge_max_inflight,
@@ -101,13 +103,14 @@ class ModerationPlugin(BasePlugin):
         self, ctx: PluginContext, channel: str, messages: Sequence[Message]
     ) -> list[Verdict]:
         store = self._store(ctx)
-        compiled = await self._channel(ctx, store, channel)
+        compiled, scope = await self._channel(ctx, store, channel)
         cascade = Cascade(
             store=store,
             predict=(await self._classifier()).predict,
             lexicon=self._lexicon,
             judge=functools.partial(self._rule, ctx),
-            memo=self._memos.setdefault(id(compiled), TextMemo()),
+            memo=self._memo,
+            memo_scope=scope,
             clock=time.time,
         )
         examples = await self._example_model(ctx, store, channel, compiled.policy)
@@ -185,7 +188,7 @@ class ModerationPlugin(BasePlugin):
     async def _retrain(self, ctx: PluginContext, channel: str) -> None:
         """After a moderator's decision: the channel's example classifier, trained again."""
         store = self._store(ctx)
-        policy = (await self._channel(ctx, store, channel)).policy
+        policy = (await self._channel(ctx, store, channel))[0].policy
         self._example_models[(ctx.tenant, channel)] = await self._train(store, channel, policy)
 
     async def _rule(self, ctx: PluginContext, policy: str, texts: Sequence[str]) -> Ruling:
@@ -215,19 +218,20 @@ class ModerationPlugin(BasePlugin):
     def _store(self, ctx: PluginContext) -> Store:
         return ctx.store
 
-    async def _channel(self, ctx: PluginContext, store: Store, channel: str) -> CompiledChannel:
+    async def _channel(
+        self, ctx: PluginContext, store: Store, channel: str
+    ) -> tuple[CompiledChannel, int]:
+        """The channel's compiled policy and its memo scope."""
         raw = await store.get(f"policy:{channel}")
         if not isinstance(raw, Mapping):
-            return self._default
+            return self._default, 0
         key = (ctx.tenant, channel)
         cached = self._compiled.get(key)
         if cached is not None and cached[0] == raw:
-            return cached[1]
+            return cached[1], cached[2]
         compiled = CompiledChannel.compile(parse_policy(raw))
-        if cached is not None:
-            self._memos.pop(id(cached[1]), None)
-        self._compiled[key] = (raw, compiled)
-        return compiled
+        self._compiled[key] = (raw, compiled, next(self._scopes))
+        return compiled, self._compiled[key][2]
 
     async def _config(self, reader: FrameReader, ctx: PluginContext) -> None:
         channel = reader.channel()
@@ -260,7 +264,7 @@ class ModerationPlugin(BasePlugin):
             self._example_models.pop((ctx.tenant, channel), None)
             entry = {"at": time.time(), "kind": "config", "moderator": _moderator(reader, ctx)}
             await record(store, channel, entry)
-        compiled = await self._channel(ctx, store, channel)
+        compiled, _ = await self._channel(ctx, store, channel)
         await ctx.send(
             answer(
                 "mod.policy",
@@ -287,7 +291,7 @@ class ModerationPlugin(BasePlugin):
         action, duration_s = Action.ALLOW, 0
         user_id = str(held.get("user_id", ""))
         if op == "deny":
-            policy = (await self._channel(ctx, store, channel)).policy
+            policy = (await self._channel(ctx, store, channel))[0].policy
             penalty = await strike(store, policy, channel, user_id, now=time.time())
             action, duration_s = Action.DELETE, 0
             if policy.escalation.enabled:
