@@ -423,6 +423,9 @@ class FrameGenerator:
         elif field == 6:
             frame.pop("prompt")
             frame["messages"] = [{"role": "user", "content": "x"}] * (lim.max_messages + over)
+            # Decoded in full, then refused before the engine: thousands of prompt tokens
+            # would take a real model seconds each and starve the rest of the run.
+            frame["session_id"] = "fz-none"
         elif field == 9:  # past the WebSocket layer's own limit (4x): a 1009 close, or an error
             frame["prompt"] = "o" * (lim.max_frame_bytes * 4 + 1)
         elif field == 7:
