@@ -27,6 +27,8 @@ setup: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	# The C# client's tests build with Mono (Debian's mono-mcs) and run on its runtime.
 	command -v mcs >/dev/null || (apt-get update && apt-get install -y mono-mcs mono-runtime)
+	# The IRC bridge's tests run a real IRC server on loopback (Debian's ngircd).
+	command -v ngircd >/dev/null || test -x /usr/sbin/ngircd || (apt-get update && apt-get install -y ngircd)
 
 model: setup
 	$(VENV)/bin/banterbox pull
