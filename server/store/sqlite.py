@@ -5,8 +5,8 @@ Durability: `synchronous=FULL` by default. In WAL mode NORMAL already survives a
 the server (a committed transaction is in the WAL file, which the OS keeps), but not a power
 loss or kernel crash, which may roll back the last transactions until the next checkpoint;
 FULL fsyncs the WAL on each commit, so a `done` the client received survives those too. The
-cost is one fsync per committed turn (not per token), measured by `python -m bench npc
---store`. The file and its directory are created on first use, so a server whose data
+cost is one fsync per committed turn (not per token), measured by `python -m bench faults
+--cost`. The file and its directory are created on first use, so a server whose data
 directory is unusable still starts, streams stateless turns and reports the store down.
 """
 
