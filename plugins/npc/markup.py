@@ -109,9 +109,11 @@ def _parse_value(param: ParamSpec, raw: str) -> ArgValue | None:
     return raw if re.fullmatch(STR_PATTERN, raw) else None
 
 
-def reply_grammar(card: Card) -> str:
+def reply_grammar(card: Card, *, lead_emotion: bool = False) -> str:
     """The Lark grammar (llguidance dialect) of every reply the card allows: speech and spans
-    whose emotion names, action names and argument values come only from the card."""
+    whose emotion names, action names and argument values come only from the card. With
+    LEAD_EMOTION (and emotions on the card) every reply opens with one: the game always
+    knows the face to show for the line."""
     rules = [f"SPEECH: /{SPEECH_PATTERN}/"]
     events: list[str] = []
     if card.emotions:
@@ -132,7 +134,12 @@ def reply_grammar(card: Card) -> str:
         events.append("action")
     if not events:
         return "\n".join(["start: SPEECH?", *rules]) + "\n"
-    return "\n".join(["start: SPEECH? (event SPEECH?)*", f"event: {' | '.join(events)}", *rules])
+    start = (
+        "start: emotion SPEECH? (event SPEECH?)*"
+        if lead_emotion and card.emotions
+        else ("start: SPEECH? (event SPEECH?)*")
+    )
+    return "\n".join([start, f"event: {' | '.join(events)}", *rules])
 
 
 _VALUE_RULES = {

@@ -76,13 +76,22 @@ class NpcPlugin(BasePlugin):
         self.max_tokens = _setting_int(settings, "max_tokens", 64)  # a reply's default cap
         self.temperature = _setting_float(settings, "temperature", 0.7)  # unless npc.say says
         self.lore_window = _setting_int(settings, "lore_window", 4)  # lines that trigger lore
+        lead = settings.get("lead_emotion", True)  # every reply opens with an emotion
+        if not isinstance(lead, bool):
+            raise ValueError(f"npc.lead_emotion must be true or false, got {lead!r}")
+        self.lead_emotion = lead
         self.library = CardLibrary(load_folder(Path(folder)))
         self._host: PluginHost | None = None
         # Running work, keyed by who may stop it: replies by (connection, request id), the
         # prefill of a session by (tenant, session id).
         self._replies: dict[tuple[str, str], tuple[str, ReplyStream]] = {}
         self._prefills: dict[tuple[str, str], Stoppable[object]] = {}
-        self.scenes = Scenes(self._card, max_tokens=self.max_tokens, temperature=self.temperature)
+        self.scenes = Scenes(
+            self._card,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            lead_emotion=self.lead_emotion,
+        )
 
     async def start(self, host: PluginHost) -> None:
         self._host = host
@@ -132,7 +141,7 @@ class NpcPlugin(BasePlugin):
                 temperature=self.temperature if temperature is None else temperature, seed=seed
             ),
             max_tokens=max_tokens,
-            constraint=Constraint.grammar(reply_grammar(card)),
+            constraint=Constraint.grammar(reply_grammar(card, lead_emotion=self.lead_emotion)),
         )
         reply = ReplyStream(card, ctx.send)
         key = (ctx.connection_id, request_id)

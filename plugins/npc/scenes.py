@@ -72,10 +72,13 @@ def topic_of(scene_id: str) -> str:
 class Scenes:
     """The npc.scene.* frames. One lock per scene keeps its lines in order on this server."""
 
-    def __init__(self, cards: CardLookup, *, max_tokens: int, temperature: float) -> None:
+    def __init__(
+        self, cards: CardLookup, *, max_tokens: int, temperature: float, lead_emotion: bool
+    ) -> None:
         self._cards = cards
         self._max_tokens = max_tokens
         self._temperature = temperature
+        self._lead_emotion = lead_emotion
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def open(self, read: PayloadReader, ctx: PluginContext) -> None:
@@ -162,7 +165,7 @@ class Scenes:
             messages=messages,
             sampling=Sampling(temperature=self._temperature),
             max_tokens=self._max_tokens,
-            constraint=Constraint.grammar(reply_grammar(card)),
+            constraint=Constraint.grammar(reply_grammar(card, lead_emotion=self._lead_emotion)),
         )
         topic = topic_of(scene.scene_id)
         where = {"scene_id": scene.scene_id, "line": len(scene.lines), "speaker": npc}

@@ -84,6 +84,16 @@ def test_the_grammar_takes_only_the_cards_events(card_id: str, reply: str, ok: b
     assert accepts(reply_grammar(CARDS[card_id]), reply) is ok
 
 
+def test_a_lead_emotion_opens_every_reply() -> None:
+    grammar = reply_grammar(CARDS["rival"], lead_emotion=True)
+    assert grammar.startswith("start: emotion SPEECH? (event SPEECH?)*")
+    assert accepts(grammar, "[emotion:smug:0.6] Keep up. [action:walk_away()]")
+    assert not accepts(grammar, "Keep up. [emotion:smug:0.6]")
+    assert not accepts(grammar, "")
+    for card in CARDS.values():
+        assert all(accepts(reply_grammar(card, lead_emotion=True), line) for line in card.examples)
+
+
 def test_a_card_without_events_speaks_plain_text() -> None:
     card = parse_card('name = "A"\nrole = "r"\npersona = "p"', card_id="a", source="a.toml")
     grammar = reply_grammar(card)
