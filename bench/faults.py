@@ -35,7 +35,7 @@ from typing import Any
 
 from websockets.exceptions import WebSocketException
 
-from server.client import BanterboxClient, BanterboxError
+from server.client import CONNECTION_CLOSED, BanterboxClient, BanterboxError
 from server.pull import default_model_path
 from server.store import SqliteStore, Store
 from server.store.redis_store import RedisStore
@@ -57,6 +57,7 @@ class Player:
     acked: dict[str, str] = field(default_factory=dict)  # line → reply
     num_refused: int = 0  # store_unavailable answers (retried)
     num_reconnects: int = 0
+    failed: str = ""  # the error code that ended this player (one a retry cannot change)
 
     async def run(self, stop: asyncio.Event, gate: asyncio.Lock) -> None:
         index, opened = 0, False
@@ -76,6 +77,13 @@ class Player:
             except (BanterboxError, WebSocketException, OSError) as exc:
                 if isinstance(exc, BanterboxError) and exc.code == "store_unavailable":
                     self.num_refused += 1  # the resume: the store is down, try again
+                elif (
+                    isinstance(exc, BanterboxError)
+                    and not exc.retryable
+                    and exc.code != CONNECTION_CLOSED
+                ):
+                    self.failed = exc.code  # e.g. prompt_too_long: the session is full
+                    return
                 else:
                     self.num_reconnects += 1
                 index = (index + 1) % len(self.urls)
@@ -129,7 +137,10 @@ class Load:
         """Until every player has `more` acknowledged turns beyond what it has now."""
         targets = [len(p.acked) + more for p in self.players]
         async with asyncio.timeout(timeout_s):
-            while any(len(p.acked) < t for p, t in zip(self.players, targets, strict=True)):
+            while any(
+                len(p.acked) < t and not p.failed
+                for p, t in zip(self.players, targets, strict=True)
+            ):
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -160,6 +171,9 @@ class Load:
             num_lost=acked_lost[1],
             num_refused=sum(p.num_refused for p in self.players),
             num_reconnects=sum(p.num_reconnects for p in self.players),
+            note=", ".join(
+                sorted({f"a player ended on {p.failed}" for p in self.players if p.failed})
+            ),
             **kw,
         )
 
@@ -216,13 +230,15 @@ async def kill9(s: Setup) -> FaultResult:
 
 async def redis_restart(s: Setup) -> FaultResult:
     redis = RedisServer(s.folder / "redis-restart").start()
-    server = ServerProcess(s.model, store_url=redis.url, args=s.server_args).start()
+    args = (*s.server_args, "--config", str(_health_config(s.folder)))
+    server = ServerProcess(s.model, store_url=redis.url, args=args).start()
     load = Load([server.url], num_sessions=s.num_sessions, max_tokens=s.max_tokens)
     try:
         await load.each_acked(2)
         redis.kill()
-        await asyncio.sleep(1.0)  # an outage longer than the client's retries
-        during = f"/readyz {await readyz(server.port)} while Redis was down"
+        await asyncio.sleep(3.0)  # an outage longer than the client's retries
+        status, streamed = await readyz(server.port), await stateless_ok(server.url)
+        during = f"/readyz {status}; stateless turns {'streamed' if streamed else 'FAILED'}"
         redis.start()  # the AOF holds every acknowledged write
         await load.each_acked(2)
         await load.stop()
@@ -449,6 +465,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 def command_line(args: argparse.Namespace) -> str:
     words = ["python -m bench faults", f"--sessions {args.sessions}",
              f"--max-tokens {args.max_tokens}", f"--threads {args.threads}"]  # fmt: skip
+    if args.model is not None:
+        words.append(f"--model {args.model.name}")  # the file's name: no machine paths
     if args.cost:
         words += ["--cost", f"--rounds {args.rounds}", f"--turns {args.turns}"]
     elif args.only != list(SCENARIOS):
