@@ -11,6 +11,7 @@ object, per connection, only while they run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 from collections.abc import Mapping
@@ -86,6 +87,8 @@ class NpcPlugin(BasePlugin):
         # prefill of a session by (tenant, session id).
         self._replies: dict[tuple[str, str], tuple[str, ReplyStream]] = {}
         self._prefills: dict[tuple[str, str], Stoppable[object]] = {}
+        # The newest partial line of a session whose prefill is still running waits here.
+        self._waiting: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self.scenes = Scenes(
             self._card,
             max_tokens=self.max_tokens,
@@ -208,10 +211,16 @@ class NpcPlugin(BasePlugin):
         session_id = record.session_id
         key = (ctx.tenant, session_id)
         speaking = any(sid == session_id for sid, _ in self._replies.values())
+        answer = {"session_id": session_id, "prefilled": False, "superseded": False}
         if speaking:  # the NPC is still talking: the say after this line prefills itself
-            await ctx.send(frame("npc.typed", request_id, session_id=session_id, prefilled=False))
+            await ctx.send(frame("npc.typed", request_id, **answer))
             return
-        await self._stop_prefill(ctx.tenant, session_id)
+        # A running prefill is left to finish (its blocks serve the newer line too: cut short,
+        # a prefill loses its last partial block, which for a short line is all of it); the
+        # newest line waits for it, an older waiting one is superseded, never queued.
+        if key in self._prefills and (not await self._wait_turn(key) or key in self._prefills):
+            await ctx.send(frame("npc.typed", request_id, **answer | {"superseded": True}))
+            return
         messages = await self._turn_messages(ctx, card, session_id, text)
         spec = GenerateSpec(
             request_id=request_id,
@@ -236,6 +245,7 @@ class NpcPlugin(BasePlugin):
         finally:
             if self._prefills.get(key) is prefill:
                 del self._prefills[key]
+            self._wake(key, run=True)
         await ctx.send(
             frame(
                 "npc.typed",
@@ -246,8 +256,25 @@ class NpcPlugin(BasePlugin):
             )
         )
 
+    def _wait_turn(self, key: tuple[str, str]) -> asyncio.Future[bool]:
+        """Wait for the session's running prefill to end: True to run next, False when a
+        newer line or a say came first."""
+        self._wake(key, run=False)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        return future
+
+    def _wake(self, key: tuple[str, str], *, run: bool) -> None:
+        future = self._waiting.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(run)
+
     async def _stop_prefill(self, tenant: str, session_id: str) -> None:
-        prefill = self._prefills.pop((tenant, session_id), None)
+        """A say (or close) of the session: it supersedes the waiting line and the running
+        prefill (the engine keeps the full blocks that prefill computed)."""
+        key = (tenant, session_id)
+        self._wake(key, run=False)
+        prefill = self._prefills.pop(key, None)
         if prefill is not None:
             await prefill.stop()
 

@@ -182,6 +182,18 @@ async def test_typing_prefills_and_the_say_reuses_it(model: Path, cards: Path) -
             ws, {"type": "npc.typing", "id": "t2", **base, "text": "Where is the gate"}
         )
         assert isinstance(typed[-1], PluginFrame) and typed[-1].payload["prefilled"] is True
+        # Lines typed faster than they prefill: none errs, the newest one prefills.
+        for index, partial in enumerate(("Where", "Where is", "Where is the gate")):
+            await ws.send(
+                encode({"type": "npc.typing", "id": f"q{index}", **base, "text": partial})
+            )
+        answers = {}
+        while len(answers) < 3:
+            frame = await recv_frame(ws, timeout_s=60)
+            assert isinstance(frame, PluginFrame) and frame.type == "npc.typed", frame
+            answers[frame.request_id] = frame.payload
+        assert answers["q2"]["prefilled"] is True
+        assert all(a["prefilled"] != a["superseded"] for a in answers.values())
         frames = await ask(
             ws,
             {"type": "npc.say", "id": "s", **base, "text": "Where is the gate?", "max_tokens": 3},
