@@ -55,6 +55,8 @@ LEGAL_EXTREMES: Mapping[str, tuple[object, ...]] = MappingProxyType(
 )
 SESSION_POOL = tuple(f"fz-{i}" for i in range(6))
 PLUGIN_TYPES = ("chat.say", "npc.say", "mod.check", "session.nope", "a.b")
+# Answered at once, in order; any other request (generate, score, plugins) may answer later.
+SYNC_TYPES = frozenset({"hello", "session.open", "session.resume", "session.close", "cancel"})
 CORE_TYPES = ("hello", "session.open", "session.resume", "session.close", "generate", "cancel")
 
 
@@ -71,7 +73,7 @@ class Shot:
     label: str  # what kind of frame this is, for tallies and failure messages
     request_id: str | None  # the id its answers echo, when the frame carries a clean one
     expect: Expect = Expect.ANSWER
-    streams: bool = False  # a generate-like request: answers may follow later frames' answers
+    streams: bool = False  # an engine or plugin request: answers may follow later frames' answers
 
     def describe(self, *, max_chars: int = 300) -> str:
         text = repr(self.data)
@@ -194,7 +196,7 @@ class FrameGenerator:
         request_id = None
         if view is not None and frame_type != "hello":  # a hello is no request: errors say null
             request_id = clean_id(view.get("id"), max_chars=self.limits.max_request_id_chars)
-        streams = frame_type in ("generate", "chat.say")
+        streams = not (isinstance(frame_type, str) and frame_type in SYNC_TYPES)
         return Shot(data=data, label=label, request_id=request_id, expect=expect, streams=streams)
 
     def _server_view(self, data: bytes | str) -> dict[object, object] | None:

@@ -26,6 +26,7 @@ from protocol import (
     ErrorCode,
     ErrorFrame,
     Limits,
+    PluginFrame,
     ProtocolError,
     ServerFrame,
     SessionClosed,
@@ -173,7 +174,7 @@ class _Conn:
                 detail = f"delta seq {frame.seq}, expected {stream.next_seq}: {frame!r}"
                 self.run.incident("seq", detail, stream.step.describe())
             stream.next_seq = frame.seq + 1
-        elif isinstance(frame, Done | ErrorFrame):
+        elif not isinstance(frame, PluginFrame):  # a done, an error, scores: the last answer
             del self.pending[request_id]
         if stream.step is self.step:
             self.answers.append(frame)  # the step's "was it answered" counts it too
