@@ -20,8 +20,10 @@ const PROGRESS = {
   generate: new Set(["delta"]),
   "npc.say": new Set(["delta", "npc.emotion", "npc.action", "npc.session"]),
 };
-// Errors that carry the id of a request they do not end (SPEC §5, error).
-const NOT_ENDING = new Set(["duplicate_request_id", "unknown_request"]);
+// Errors that carry the id of a request they do not end (SPEC §5, error). A cancel's
+// unknown_request names a request that already ended, so it reaches no pending one; the same
+// code answering a plugin frame (npc.interrupt of a finished turn) does end that frame's request.
+const NOT_ENDING = new Set(["duplicate_request_id"]);
 
 export class BanterboxError extends Error {
   name = "BanterboxError";

@@ -68,7 +68,9 @@ namespace Banterbox
             { "generate", new HashSet<string> { "delta" } },
             { "npc.say", new HashSet<string> { "delta", "npc.session", "npc.emotion", "npc.action" } },
         };
-        static readonly HashSet<string> NotEnding = new HashSet<string> { "duplicate_request_id", "unknown_request" };
+        // Errors that name a request they do not end (SPEC §5). A cancel's unknown_request names
+        // one that already ended; answering a plugin frame, that code ends the frame's request.
+        static readonly HashSet<string> NotEnding = new HashSet<string> { "duplicate_request_id" };
         const int ReceiveChunk = 16384;
 
         readonly ClientWebSocket ws;
