@@ -77,7 +77,7 @@ class Shot:
 
     def describe(self, *, max_chars: int = 300) -> str:
         text = repr(self.data)
-        if len(text) > max_chars:
+        if len(text) > max_chars:  # a 1 MiB frame would bury the message that names it
             text = f"{text[:max_chars]}... ({len(self.data)} {type(self.data).__name__} long)"
         return f"{self.label}: {text}"
 
@@ -221,22 +221,17 @@ class FrameGenerator:
         return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, max_chars)))
 
     def _scalar(self, rng: random.Random) -> object:
-        pick = rng.randrange(9)
-        if pick == 0:
-            return rng.choice((None, True, False))
-        if pick == 1:
-            return rng.choice(EXTREME_INTS)
-        if pick == 2:
-            return rng.choice(EXTREME_FLOATS + NON_FINITE)
-        if pick == 3:
-            return rng.randint(-1000, 1000)
-        if pick == 4:
-            return rng.uniform(-200, 200)
-        if pick == 5:
-            return rng.randbytes(rng.randint(0, 6))
-        if pick == 6:
-            return rng.choice(SURROGATES) + self._text(rng, 3)
-        return self._text(rng)
+        makers: tuple[Callable[[], object], ...] = (
+            lambda: rng.choice((None, True, False)),
+            lambda: rng.choice(EXTREME_INTS),
+            lambda: rng.choice(EXTREME_FLOATS + NON_FINITE),
+            lambda: rng.randint(-1000, 1000),
+            lambda: rng.uniform(-200, 200),
+            lambda: rng.randbytes(rng.randint(0, 6)),
+            lambda: rng.choice(SURROGATES) + self._text(rng, 3),
+            lambda: self._text(rng),
+        )
+        return makers[min(rng.randrange(9), 7)]()
 
     def _value(self, rng: random.Random, depth: int = 0) -> object:
         pick = rng.randrange(10)
@@ -247,22 +242,17 @@ class FrameGenerator:
         return {self._key(rng): self._value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
 
     def _key(self, rng: random.Random) -> object:
-        pick = rng.randrange(6)
-        if pick == 0:
-            return rng.choice(SURROGATES)
-        if pick == 1:
-            return rng.choice((0, 1, -1, 2**40))
-        if pick == 2:
-            return rng.choice(("type", "id", "prompt", "sampling", *SAMPLING_FIELDS))
-        return self._text(rng, 6)
+        makers: tuple[Callable[[], object], ...] = (
+            lambda: rng.choice(SURROGATES),
+            lambda: rng.choice((0, 1, -1, 2**40)),
+            lambda: rng.choice(("type", "id", "prompt", "sampling", *SAMPLING_FIELDS)),
+            lambda: self._text(rng, 6),
+        )
+        return makers[min(rng.randrange(6), 3)]()
 
     def _number(self, rng: random.Random) -> object:
-        pick = rng.randrange(4)
-        if pick == 0:
-            return rng.choice(EXTREME_INTS)
-        if pick == 1:
-            return rng.choice(NON_FINITE)
-        return rng.choice(EXTREME_FLOATS)
+        kinds = (EXTREME_INTS, NON_FINITE, EXTREME_FLOATS, EXTREME_FLOATS)
+        return rng.choice(kinds[rng.randrange(4)])
 
     def _base(self, rng: random.Random, index: int, part: int = 0) -> dict[str, Any]:
         """A valid client frame, cheap to serve: a short prompt, few tokens, pooled sessions."""
@@ -296,9 +286,7 @@ class FrameGenerator:
 
     def _mutated(self, rng: random.Random, index: int) -> Step:
         frame = self._base(rng, index)
-        paths: list[str] = []
-        for _ in range(rng.randint(1, 3)):
-            paths.append(self._mutate(rng, frame))
+        paths = [self._mutate(rng, frame) for _ in range(rng.randint(1, 3))]
         return self._step(index, self._shot(rng, frame, "mutated:" + ",".join(paths)))
 
     def _mutate(self, rng: random.Random, frame: dict[str, Any]) -> str:
@@ -471,12 +459,9 @@ class FrameGenerator:
         for part, action in enumerate(actions):
             frame: dict[str, Any] = {"type": f"session.{action}", "id": self._id(index, part)}
             if action == "turn":
-                frame = {
-                    "type": "generate",
-                    "id": self._id(index, part),
-                    "messages": [{"role": "user", "content": rng.choice(("hi", "and then?"))}],
-                    "max_tokens": rng.randint(2, 24),
-                }
+                content = rng.choice(("hi", "and then?"))
+                frame |= {"type": "generate", "messages": [{"role": "user", "content": content}]}
+                frame["max_tokens"] = rng.randint(2, 24)
             if action != "open" or rng.random() < 0.8:  # else the server picks the id
                 frame["session_id"] = session_id
             shots.append(self._shot(rng, frame, f"session:{action}"))
