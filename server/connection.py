@@ -1,7 +1,8 @@
 """One client WebSocket: handshake, frame dispatch, request multiplexing, sends with a deadline.
 
-State: AWAITING_HELLO → READY → CLOSING (or straight to CLOSING); any other move raises
-IllegalTransition. Every answer goes out in the encoding of the frame it answers. A send that
+The rules live sans I/O in protocol/rules.py (shared with the client): AWAITING_HELLO → READY
+→ CLOSING, hello first and once, request ids unique while in flight, every answer in the
+encoding of the frame it answers. This module is the I/O around them. A send that
 cannot complete within `write_deadline_s` (the client stopped reading) closes the connection
 with 1008 and cancels its requests; other connections are untouched. A socket that has not
 sent hello within `hello_timeout_s` is closed with 1008; an address that sent too many wrong
@@ -12,7 +13,6 @@ unexpected way gets an `internal` error; the connection and its other requests g
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import importlib.metadata
 import itertools
@@ -48,10 +48,10 @@ from protocol import (
     SessionOpen,
     SessionResume,
     Welcome,
-    decode_client_frame,
     encode_frame,
     encoding_of,
 )
+from protocol.rules import ConnectionState, RequestTable, ServerRules
 
 from .auth import Authenticator, AuthFailureLimiter, Principal, bearer_token
 from .config import ServerConfig
@@ -82,23 +82,6 @@ CORE_CAPABILITIES = (
 CLOSE_POLICY = 1008  # policy violation: bad handshake, bad key, stalled reader, no hello
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013  # every authenticated place is taken
-
-
-class ConnectionState(enum.Enum):
-    AWAITING_HELLO = "awaiting_hello"
-    READY = "ready"
-    CLOSING = "closing"
-
-
-_TRANSITIONS = {
-    ConnectionState.AWAITING_HELLO: frozenset({ConnectionState.READY, ConnectionState.CLOSING}),
-    ConnectionState.READY: frozenset({ConnectionState.CLOSING}),
-    ConnectionState.CLOSING: frozenset(),
-}
-
-
-class IllegalTransition(RuntimeError):
-    pass
 
 
 class ConnectionGone(Exception):
@@ -166,10 +149,11 @@ class Connection:
         self.app = app
         self.address = source_address(ws)
         self.connection_id = f"c-{secrets.token_hex(6)}"
-        self.state = ConnectionState.AWAITING_HELLO
-        self.inflight: dict[str, Inflight] = {}
+        # The rules (state, hello first, request ids, answer encodings) live sans I/O.
+        self.rules: ServerRules[Inflight] = ServerRules(
+            max_inflight=app.config.server.max_inflight_per_connection
+        )
         self.principal: Principal | None = None
-        self._hello_encoding = Encoding.MSGPACK
         self._engine_ids = itertools.count()
         self._closer: asyncio.Task[None] | None = None
 
@@ -178,10 +162,13 @@ class Connection:
         assert self.principal is not None, "no tenant before the handshake"
         return self.principal.tenant
 
-    def _transition(self, new: ConnectionState) -> None:
-        if new not in _TRANSITIONS[self.state]:
-            raise IllegalTransition(f"{self.connection_id}: {self.state.name} → {new.name}")
-        self.state = new
+    @property
+    def state(self) -> ConnectionState:
+        return self.rules.state
+
+    @property
+    def inflight(self) -> RequestTable[Inflight]:
+        return self.rules.requests
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -197,8 +184,7 @@ class Connection:
             pass
         finally:
             hello_timer.cancel()
-            if self.state is not ConnectionState.CLOSING:
-                self._transition(ConnectionState.CLOSING)
+            self.rules.machine.close()
             self.cancel_all()
             self.app.topics.drop(self)
             if self._closer is not None:
@@ -210,13 +196,12 @@ class Connection:
             self._close_soon(CLOSE_POLICY, "hello timeout")
 
     def cancel_all(self) -> None:
-        for inflight in list(self.inflight.values()):
+        for inflight in self.inflight:
             inflight.cancel()
 
     async def close(self, code: int, reason: str) -> None:
         """Close now; a client that does not read its close frame is dropped after a timeout."""
-        if self.state is not ConnectionState.CLOSING:
-            self._transition(ConnectionState.CLOSING)
+        self.rules.machine.close()
         try:
             async with asyncio.timeout(self.app.config.server.close_timeout_s):
                 await self.ws.close(code, reason)
@@ -224,8 +209,7 @@ class Connection:
             self.ws.transport.abort()
 
     def _close_soon(self, code: int, reason: str) -> None:
-        if self.state is not ConnectionState.CLOSING:
-            self._transition(ConnectionState.CLOSING)
+        self.rules.machine.close()
         if self._closer is None:
             self._closer = asyncio.create_task(self.close(code, reason))
 
@@ -248,9 +232,7 @@ class Connection:
 
     async def send_for(self, frame: ServerFrame) -> None:
         """Send in the encoding of the request the frame answers (else the hello's)."""
-        request_id = getattr(frame, "request_id", None)
-        inflight = self.inflight.get(request_id) if request_id is not None else None
-        await self.send(frame, inflight.encoding if inflight else self._hello_encoding)
+        await self.send(frame, self.rules.answer_encoding(getattr(frame, "request_id", None)))
 
     async def _send_error(self, error: ProtocolError, encoding: Encoding) -> None:
         await self.send(ErrorFrame.from_error(error), encoding)
@@ -263,12 +245,13 @@ class Connection:
         received_at = time.monotonic()
         encoding = encoding_of(message)
         try:
-            frame = decode_client_frame(
+            frame = self.rules.receive(
                 message, limits=self.app.config.limits, plugin_types=self.app.plugins.frame_types
             )
             await self._dispatch(frame, encoding, received_at)
         except ProtocolError as error:
-            await self._send_error(error, encoding)
+            with suppress(ConnectionGone):  # the client left before hearing why
+                await self._send_error(error, encoding)
         except ConnectionGone:
             pass
         except Exception:  # a bug in handling one frame: that frame fails, nothing else
@@ -279,12 +262,8 @@ class Connection:
                 )
 
     async def _dispatch(self, frame: ClientFrame, encoding: Encoding, received_at: float) -> None:
-        if self.state is ConnectionState.AWAITING_HELLO:
-            if not isinstance(frame, Hello):
-                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "the first frame must be hello")
+        if isinstance(frame, Hello):  # the rules let it through only as the first frame
             await self._on_hello(frame, encoding)
-        elif isinstance(frame, Hello):
-            raise ProtocolError(ErrorCode.INVALID_FIELD, "type: hello was already received")
         elif isinstance(frame, Cancel):
             self._on_cancel(frame)
         elif isinstance(frame, SessionOpen | SessionResume | SessionClose):
@@ -333,8 +312,7 @@ class Connection:
             self._close_soon(CLOSE_TRY_AGAIN_LATER, "too many connections")
             return
         self.principal = principal
-        self._hello_encoding = encoding
-        self._transition(ConnectionState.READY)
+        self.rules.accept_hello(encoding)
         welcome = Welcome(
             server_version=server_version(),
             protocol=PROTOCOL_VERSION,
@@ -389,26 +367,12 @@ class Connection:
     # --- requests -----------------------------------------------------------------------------
 
     def _admit(self, request_id: str, encoding: Encoding, received_at: float) -> Inflight:
-        limit = self.app.config.server.max_inflight_per_connection
         if self.app.shutting_down:
             raise ProtocolError(
                 ErrorCode.SHUTTING_DOWN, "the server is stopping", request_id=request_id
             )
-        if request_id in self.inflight:
-            raise ProtocolError(
-                ErrorCode.DUPLICATE_REQUEST_ID,
-                f"request {request_id!r} is already in flight",
-                request_id=request_id,
-            )
-        if len(self.inflight) >= limit:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_REQUESTS,
-                f"{limit} requests already in flight on this connection",
-                request_id=request_id,
-            )
         inflight = Inflight(request_id=request_id, encoding=encoding, received_at=received_at)
-        self.inflight[request_id] = inflight
-        return inflight
+        return self.inflight.admit(request_id, inflight)
 
     def start_turn(self, spec: GenerateSpec) -> Turn:
         """A turn for a request in flight here (a generate frame's, or a plugin's)."""
@@ -441,7 +405,7 @@ class Connection:
         if self.state is not ConnectionState.READY:
             return False
         try:
-            await self.send(frame, self._hello_encoding)
+            await self.send(frame, self.rules.hello_encoding)
         except ConnectionGone:
             return False
         return True
@@ -455,8 +419,7 @@ class Connection:
 
     def _end(self, inflight: Inflight) -> None:
         # Before the last frame goes out, so that the client may reuse the id at once.
-        if self.inflight.get(inflight.request_id) is inflight:
-            del self.inflight[inflight.request_id]
+        self.inflight.end(inflight.request_id, inflight)
 
     def _spawn(self, inflight: Inflight, work: Coroutine[Any, Any, None]) -> None:
         inflight.task = asyncio.create_task(self._guard(inflight, work))

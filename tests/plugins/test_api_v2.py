@@ -16,6 +16,7 @@ from plugins.api import PLUGIN_API_VERSION, BasePlugin
 from plugins.chat import ChatPlugin
 from protocol import Delta, Done, ErrorFrame, PluginFrame, SessionInfo, Welcome
 from server.app import BanterboxServer
+from server.engine.config import EngineConfig
 from server.engine.llm import LLM
 from server.plugin_host import PluginLoadError, PluginRegistry
 from server.store import open_store
@@ -167,12 +168,11 @@ async def test_score_ranks_candidates_and_matches_the_engine(model: Path) -> Non
             assert isinstance(answer, PluginFrame), answer
             logprobs = answer.payload["logprobs"]
             assert len(logprobs) == 2 and all(lp < 0 for lp in logprobs)
-            assert s.server.llm is not None
-            tok = s.server.llm.tokenizer
-            direct = s.server.llm.score(
-                s.server.llm.encode_prompt("The gate is"),
-                [tok.encode(" open"), tok.encode(" closed")],
-                cache_salt="default",
+            # The engine alone, on a core of its own (the server's belongs to its thread).
+            alone = LLM.load(model, EngineConfig(kv_cache_mib=4, num_threads=1))
+            tok = alone.tokenizer
+            direct = alone.score(
+                alone.encode_prompt("The gate is"), [tok.encode(" open"), tok.encode(" closed")]
             )
             assert logprobs == pytest.approx(list(direct.logprobs), abs=1e-4)
         finally:

@@ -154,12 +154,6 @@ async def test_session_close_mid_turn_leaves_no_block_pinned(model: Path) -> Non
         assert kv.num_used_by_running == 0, kv
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not in issue 9: Connection._on_message sends the ProtocolError's frame inside its "
-    "except clause, so the ConnectionGone of a vanished client escapes run() and websockets "
-    "logs 'connection handler failed' with a traceback; drop this mark with the fix",
-)
 async def test_a_client_gone_with_errors_pending_leaves_no_traceback(
     model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
