@@ -50,6 +50,7 @@ from protocol import (
     decode_server_frame,
     encode_frame,
 )
+from protocol.rules import ConnectionState, RequestTable, StateMachine
 
 _T = TypeVar("_T")
 CONNECTION_CLOSED = "connection_closed"  # a client-side code: the socket went away
@@ -79,7 +80,8 @@ def _messages(messages: Sequence[ChatMessage | Mapping[str, str]]) -> tuple[Chat
 class _Pending:
     """Frames of one request id, in arrival order; None marks the connection's end."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: Encoding) -> None:
+        self.encoding = encoding  # the request went out, and its answers come back, in this
         self.queue: asyncio.Queue[ServerFrame | None] = asyncio.Queue()
 
 
@@ -180,7 +182,9 @@ class BanterboxClient:
         self.encoding = encoding
         self.welcome: Welcome | None = None
         self.events: asyncio.Queue[ServerFrame] = asyncio.Queue()  # frames nobody waits for
-        self._pending: dict[str, _Pending] = {}
+        # The same rules as the server's (protocol/rules.py): state, ids unique while pending.
+        self.machine = StateMachine()
+        self._pending: RequestTable[_Pending] = RequestTable(max_inflight=1 << 20)
         self._ids = itertools.count()
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
@@ -296,9 +300,9 @@ class BanterboxClient:
     ) -> PluginStream:
         """One NPC line (the npc plugin): iterate `Delta` (speech only), `npc.emotion` and
         `npc.action` PluginFrames where they occur, then `Done` (or `npc.interrupted`)."""
-        fields = {"session_id": session_id, "max_tokens": max_tokens}
+        fields: dict[str, object] = {"session_id": session_id, "max_tokens": max_tokens}
         fields |= {"temperature": temperature, "seed": seed}
-        payload = {"npc": npc, "player": player, "text": text}
+        payload: dict[str, object] = {"npc": npc, "player": player, "text": text}
         payload |= {k: v for k, v in fields.items() if v is not None}
         return self.send_plugin("npc.say", payload, end_types=frozenset({"npc.interrupted"}))
 
@@ -321,19 +325,27 @@ class BanterboxClient:
             raise BanterboxError.from_frame(frame)
         if not isinstance(frame, Welcome):
             raise BanterboxError(CONNECTION_CLOSED, f"no welcome: {frame!r}")
+        self.machine.move(ConnectionState.READY)
+        # Refuse locally what the server would refuse: more requests than it takes at once.
+        self._pending.max_inflight = frame.limits.get(
+            "max_inflight_per_connection", self._pending.max_inflight
+        )
         return frame
 
     def _register(self, request_id: str) -> _Pending:
-        if request_id in self._pending:
-            raise ValueError(f"request id {request_id!r} is already pending on this client")
-        pending = _Pending()
+        pending = _Pending(self.encoding)
+        try:
+            self._pending.admit(request_id, pending)
+        except ProtocolError as exc:
+            raise BanterboxError(exc.code.value, exc.message, retryable=exc.retryable) from None
         if self._closed:
             pending.queue.put_nowait(None)
-        self._pending[request_id] = pending
         return pending
 
     def _unregister(self, request_id: str) -> None:
-        self._pending.pop(request_id, None)
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            self._pending.end(request_id, pending)
 
     async def _send(self, frame: ClientFrame) -> None:
         try:
@@ -364,5 +376,6 @@ class BanterboxClient:
             pass
         finally:
             self._closed = True
-            for pending in self._pending.values():
+            self.machine.close()
+            for pending in self._pending:
                 pending.queue.put_nowait(None)
