@@ -12,6 +12,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from websockets.exceptions import WebSocketException
+
 from server.client import BanterboxClient, BanterboxError
 
 from .message import IrcMessage, irc_line, parse, roles
@@ -61,8 +63,12 @@ class IrcBridge:
         while True:
             try:
                 await self._session()
-            except (OSError, EOFError, TimeoutError, BanterboxError) as error:
+            except (OSError, EOFError, TimeoutError, BanterboxError, WebSocketException) as error:
                 log.warning("bridge connection lost (%s); again in %.1f s", error, backoff)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A cancel that arrived while the client closed was swallowed on the way out.
+                raise asyncio.CancelledError
             self.joined.clear()
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.settings.max_backoff_s)
@@ -71,11 +77,12 @@ class IrcBridge:
 
     async def _session(self) -> None:
         s = self.settings
-        async with BanterboxClient.connect(s.banterbox_url, api_key=s.api_key) as bb:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(s.irc_host, s.irc_port), s.connect_timeout_s
-            )
-            try:
+        # IRC first: while it is down, no Banterbox connection is opened and closed for nothing.
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(s.irc_host, s.irc_port), s.connect_timeout_s
+        )
+        try:
+            async with BanterboxClient.connect(s.banterbox_url, api_key=s.api_key) as bb:
                 writer.write(irc_line("CAP", "REQ", "twitch.tv/tags twitch.tv/commands"))
                 if s.password:
                     writer.write(irc_line("PASS", s.password))
@@ -86,10 +93,10 @@ class IrcBridge:
                     if text:
                         await self._on_line(bb, writer, parse(text))
                 raise EOFError("the IRC server closed the connection")
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def _on_line(
         self, bb: BanterboxClient, writer: asyncio.StreamWriter, message: IrcMessage

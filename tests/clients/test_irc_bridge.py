@@ -163,7 +163,7 @@ async def test_bridge_carries_out_a_verdict_on_the_irc_channel(tmp_path: Path) -
             await viewer.close()
             bridge.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await bridge
+                await asyncio.wait_for(bridge, WAIT_S)  # a bridge that ignores cancel fails
 
 
 async def test_dry_run_acts_on_nothing_and_the_bridge_comes_back(
@@ -197,4 +197,4 @@ async def test_dry_run_acts_on_nothing_and_the_bridge_comes_back(
         finally:
             bridge.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await bridge
+                await asyncio.wait_for(bridge, WAIT_S)  # a bridge that ignores cancel fails
