@@ -9,6 +9,7 @@ and S_TG). Follow-up TTFT: a session's second turn after a long history, against
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -35,13 +36,32 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (CPU: GGUF blocks packed), float32 or bfloat16"
+    )
+    p.add_argument("--quantize", default="none", help="none or q8_0, q4_0, q4_1 (float models)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--history-tokens", type=int, default=1000, help="for the follow-up TTFT")
     p.add_argument("--no-peer", action="store_true", help="skip llama.cpp even when built")
     p.add_argument("--repeats", type=int, default=3, help="rounds per system; medians reported")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.set_defaults(run=run)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _rss_mib() -> float:
+    """This process's resident set (Linux /proc), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _random_prompt(rng: random.Random, vocab: int, length: int) -> list[int]:
@@ -160,6 +180,9 @@ def _print_table(report: dict[str, Any]) -> None:
             f"{r['decode_tok_s'] / p['decode_tok_s']:.2f}" if p else "-",
         )
         print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    print(f"weights: {report['config']['weights']}")
+    rss = report["rss_mib"]
+    print(f"resident set: {rss['loaded']:.0f} MiB loaded, {rss['after_runs']:.0f} MiB after")
     print(_rates("single stream", report["single"]))
     if report.get("peer"):
         print(_rates("llama.cpp single", report["peer"]["single"]))
@@ -176,12 +199,14 @@ def run(args: argparse.Namespace) -> int:
     config = EngineConfig(
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
         num_threads=args.threads,
         max_num_seqs=max(sizes),
         kv_cache_mib=1024,
     )
     llm = LLM.load(model, config)
     _batched(llm, 1, 16, 4, seed=0)  # warm-up: first-call allocations, thread pool start
+    rss_loaded = _rss_mib()
     with_peer = not args.no_peer and llama_cpp.find_binary("llama-batched-bench") is not None
     ours_rounds, peer_rounds = [], []
     for round_index in range(args.repeats):  # alternate the systems so both see the same noise
@@ -195,13 +220,15 @@ def run(args: argparse.Namespace) -> int:
         peer |= _median_of(peer_rounds) | {"rounds": peer_rounds}
     report: dict[str, Any] = {
         "benchmark": "engine",
-        "model": str(model),
+        "model": {"name": llm.info.name, "file": model.name, "sha256": _sha256(model)},
         "config": {
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,
             "threads": args.threads,
             "dtype": llm.info.dtype,
+            "weights": llm.info.weights,
             "device": llm.info.device,
+            "kv_cache_mib": config.kv_cache_mib,
         },
         "machine": {
             "platform": platform.platform(),
@@ -214,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         "results": ours["results"],
         "rounds": ours_rounds,
         "follow_up": _follow_up(llm, args.history_tokens, seed=99),
+        "rss_mib": {"loaded": rss_loaded, "after_runs": _rss_mib()},
         "peer": peer,
     }
     _print_table(report)
