@@ -73,7 +73,7 @@ async function say(event) {
   $("npc-input").value = "";
   $("npc-typing").textContent = "";
   addLine("player", "You:", text);
-  const line = addLine("npc", `${$("npc-card").selectedOptions[0].textContent}:`);
+  const line = addLine("npc", `${npcWho().npc}:`); // a sample card, or any card the server has
   const speech = line.querySelector(".text");
   const turn = bb.request("npc.say", { ...npcWho(), text });
   saying = turn;
