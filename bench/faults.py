@@ -37,7 +37,7 @@ from websockets.exceptions import WebSocketException
 
 from server.client import CONNECTION_CLOSED, BanterboxClient, BanterboxError
 from server.pull import default_model_path
-from server.store import SqliteStore, Store
+from server.store import SessionRecord, SqliteStore, Store
 from server.store.redis_store import RedisStore
 
 from .procs import RedisServer, ServerProcess
@@ -420,6 +420,28 @@ def cost_result(store: str, samples: Sequence[tuple[float, float]]) -> CostResul
     )
 
 
+async def commit_ms(folder: Path, *, num_commits: int = 200) -> dict[str, float]:
+    """Median ms of one session commit (a 2,048-token transcript) with each synchronous mode:
+    what a turn's done waits for, beside the turn's own seconds."""
+    now = time.time()
+    record = SessionRecord(
+        tenant="t", session_id="s", messages=(("user", "x" * 200),) * 8,
+        transcript_text="x" * 8000, transcript_token_ids=tuple(range(2048)),
+        num_turns=8, last_used=now, expires_at=now + 600,
+    )  # fmt: skip
+    medians = {}
+    for mode in ("FULL", "NORMAL"):
+        store = SqliteStore(folder / f"commit-{mode}" / "banterbox.db", synchronous=mode)
+        times = []
+        for _ in range(num_commits):
+            started = time.perf_counter()
+            await store.save_session(record)
+            times.append(time.perf_counter() - started)
+        await store.close()
+        medians[f"sqlite_{mode.lower()}_commit_p50_ms"] = 1000 * statistics.median(times)
+    return medians
+
+
 async def cost(s: Setup, *, rounds: int, num_turns: int) -> list[CostResult]:
     """Memory and SQLite servers one after the other, `rounds` times each, the same load."""
     path = s.folder / "cost" / "banterbox.db"
@@ -486,12 +508,14 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         if args.cost:
             costs = asyncio.run(cost(setup, rounds=args.rounds, num_turns=args.turns))
+            commits = asyncio.run(commit_ms(setup.folder))
             rows = [{k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(c).items()}
                     for c in costs]  # fmt: skip
             ratio = {k: costs[1].__dict__[k] / costs[0].__dict__[k]
                      for k in ("ttft_p50_ms", "ttft_p95_ms", "itl_mean_ms")}  # fmt: skip
             summary = "SQLite / memory: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
-            report: dict[str, Any] = {"results": rows, "sqlite_over_memory": ratio}
+            summary += "\n\nOne commit: " + ", ".join(f"{k} {v:.2f}" for k, v in commits.items())
+            report: dict[str, Any] = {"results": rows, "sqlite_over_memory": ratio, **commits}
         else:
             results = [asyncio.run(RUNNERS[name](setup)) for name in args.only]
             rows = [asdict(r) for r in results]
