@@ -13,7 +13,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 _PAGES = Path(__file__).resolve().parent / "playground"
-# The one source of the JavaScript client; the playground imports it from /sdk/.
+# The one source of the JavaScript client, beside server/ in the repository and in the wheel
+# (package data of `clients`); the playground imports it from /sdk/.
 _SDK = Path(__file__).resolve().parent.parent / "clients" / "js"
 _HTML = "text/html; charset=utf-8"
 _JS = "text/javascript; charset=utf-8"
@@ -44,7 +45,7 @@ def find(path: str, *, upgrade: str | None) -> Asset | None:
     file, content_type = ROUTES[path]
     try:
         return Asset(file.read_bytes(), content_type)
-    except FileNotFoundError:  # an install without the repository's clients/ folder
+    except FileNotFoundError:  # a file removed from the install: as if never served
         return None
 
 
