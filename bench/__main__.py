@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import chat, compare, engine, faults, fuzz, moderation_quality, npc
+from . import chat, compare, constrained, engine, faults, fuzz, moderation_quality, npc
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     scenarios = parser.add_subparsers(dest="scenario", required=True)
-    for module in (engine, npc, chat, compare, fuzz, moderation_quality, faults):
+    for module in (engine, constrained, npc, chat, compare, fuzz, moderation_quality, faults):
         module.add_arguments(scenarios)
     args = parser.parse_args(argv)
     return int(args.run(args))
