@@ -202,9 +202,14 @@ export class Banterbox {
       ws.addEventListener(
         "message",
         (event) => {
-          const frame = decodeFrame(event.data);
-          if (frame.type === "welcome") resolve(frame);
-          else fail(frame.type === "error" ? BanterboxError.of(frame) : new FrameError(frame.type));
+          let frame;
+          try {
+            frame = decodeFrame(event.data);
+          } catch (error) {
+            return fail(error); // thrown out of a listener, it would end a Node process
+          }
+          if (frame.type === "welcome") return resolve(frame);
+          return fail(frame.type === "error" ? BanterboxError.of(frame) : new FrameError(frame.type));
         },
         { signal },
       );
