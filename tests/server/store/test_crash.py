@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from server_harness import NO_EOS, write_tiny_model
+from server_harness import NO_EOS
+from tiny import TinyConfig, random_hf_tensors, write_gguf
 from websockets.exceptions import WebSocketException
 
 from bench.procs import RedisServer, ServerProcess
@@ -20,6 +21,12 @@ KILL_AFTER_TURNS = 2  # acknowledged on every session; the next ones are streami
 SERVER_ARGS = ("--threads", "1", "--kv-cache-mib", "32", "--default-max-tokens", "12")
 
 Acked = dict[str, list[tuple[str, str]]]  # session id → (user line, reply) of each done
+
+
+def write_long_model(folder: Path) -> Path:
+    """The tiny model with room for however many turns the players get in before the kill."""
+    config = TinyConfig(max_position=8192)
+    return write_gguf(folder / "tiny-8k.gguf", config, random_hf_tensors(config))
 
 
 async def play(url: str, session_id: str, acked: Acked, one_at_a_time: asyncio.Lock) -> None:
@@ -90,7 +97,7 @@ async def test_kill_9_loses_no_acknowledged_turn_sqlite(tmp_path: Path) -> None:
     path = tmp_path / "data" / "banterbox.db"
     store = SqliteStore(path)  # a second reader of the server's file (WAL allows it)
     try:
-        await crash_and_resume(write_tiny_model(tmp_path), f"sqlite://{path}", store)
+        await crash_and_resume(write_long_model(tmp_path), f"sqlite://{path}", store)
     finally:
         await store.close()
 
@@ -101,6 +108,6 @@ async def test_kill_9_loses_no_acknowledged_turn_redis(
     url = redis_server.url.replace("/0", "/1")  # a database of its own: the server's prefix
     store = RedisStore(url)
     try:
-        await crash_and_resume(write_tiny_model(tmp_path), url, store)
+        await crash_and_resume(write_long_model(tmp_path), url, store)
     finally:
         await store.close()
