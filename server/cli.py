@@ -40,6 +40,14 @@ def _add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_bridge(args: argparse.Namespace) -> int:
+    """`banterbox bridge irc ...` is `python -m clients.irc ...` (see clients/irc/README.md)."""
+    from clients.irc.__main__ import main as irc_main
+
+    irc_main(args.options)
+    return 0
+
+
 def model_path(args: argparse.Namespace) -> Path:
     return args.model if args.model is not None else default_model_path(os.environ)
 
@@ -165,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
     ask.set_defaults(run=run_ask)
+
+    bridge = commands.add_parser("bridge", help="carry a chat's messages through moderation")
+    bridge.add_argument("platform", choices=["irc"], help="irc: Twitch-style IRC channels")
+    bridge.add_argument("options", nargs=argparse.REMAINDER, help="the bridge's own options")
+    bridge.set_defaults(run=run_bridge)
 
     serve = commands.add_parser("serve", help="run the WebSocket server")
     _add_model_argument(serve)

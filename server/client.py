@@ -213,8 +213,9 @@ class BanterboxClient:
                 yield client
             finally:
                 client._reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await client._reader
+                # wait() never raises the reader's CancelledError, so a cancel of the
+                # caller's own task still reaches the caller.
+                await asyncio.wait({client._reader})
 
     def new_request_id(self) -> str:
         return f"r{next(self._ids)}"

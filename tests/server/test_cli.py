@@ -106,3 +106,15 @@ def test_bad_model_is_one_line_without_traceback(case, model_path, tmp_path) -> 
         "unknown-arch": "unsupported architecture 'gptneox'",
     }[case]
     assert expected in lines[0]
+
+
+def test_bridge_irc_is_a_subcommand() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "bridge", "irc", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--channel" in done.stdout
