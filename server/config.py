@@ -44,7 +44,7 @@ Every setting, its TOML key, CLI flag and default (the one place defaults are do
 | store.sqlite_synchronous | | "FULL" | FULL: a done survives power loss; NORMAL: a kill -9 |
 | store.health_interval_s | | 5.0 | how often a write probes the store (/readyz) |
 | auth.keys | env BANTERBOX_API_KEYS | [] | [[auth.keys]] key, tenant, scopes |
-| plugins.enabled | | ["chat"] | entry points of group banterbox.plugins |
+| plugins.enabled | | ["chat", "npc", "moderation"] | entry points of banterbox.plugins |
 | plugins.settings.NAME | | {} | table handed to plugin NAME |
 
 Scopes: generate, moderate, admin, metrics (GET /metrics needs a key with admin or metrics
@@ -180,7 +180,8 @@ def _no_settings() -> Mapping[str, Mapping[str, object]]:
 
 @dataclass(frozen=True, kw_only=True)
 class PluginSettings:
-    enabled: tuple[str, ...] = ("chat",)
+    # What `make serve` users came for: NPC dialogue and chat moderation next to plain chat.
+    enabled: tuple[str, ...] = ("chat", "npc", "moderation")
     settings: Mapping[str, Mapping[str, object]] = field(default_factory=_no_settings)
 
 

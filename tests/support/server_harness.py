@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from protocol import ServerFrame, Welcome, decode_server_frame
 from server.app import BanterboxServer
-from server.config import EngineSettings, NetworkSettings, ServerConfig
+from server.config import EngineSettings, NetworkSettings, PluginSettings, ServerConfig
 from server.engine.llm import LLM
 
 
@@ -28,7 +28,8 @@ def fast_config(**sections: dict[str, Any]) -> ServerConfig:
     """Fast defaults for tests (free port, small KV, one thread, short grace), then overrides."""
     server = NetworkSettings(port=0, shutdown_grace_s=2.0, close_timeout_s=1.0, ping_interval_s=0)
     engine = EngineSettings(kv_cache_mib=16, threads=1)
-    config = ServerConfig(server=server, engine=engine)
+    # Only chat unless a test enables more: plugins load their models and tables at start.
+    config = ServerConfig(server=server, engine=engine, plugins=PluginSettings(enabled=("chat",)))
     return dataclasses.replace(
         config,
         **{
