@@ -34,7 +34,8 @@ SCHEMA = {
     "properties": {
         "mood": {"enum": ["calm", "angry", "afraid", "amused"]},
         "level": {"type": "integer", "minimum": 0, "maximum": 10},
-        "line": {"type": "string", "maxLength": 400},
+        # Longer than the run: every row decodes to the last step, as the free rows do.
+        "line": {"type": "string", "minLength": 400, "maxLength": 600},
     },
     "required": ["mood", "level", "line"],
     "additionalProperties": False,
