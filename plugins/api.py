@@ -28,8 +28,6 @@ message saying how to port them.
 from __future__ import annotations
 
 import builtins
-import enum
-import json
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,6 +35,8 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from protocol import (
     ChatMessage,
+    Constraint,
+    ConstraintKind,
     Delta,
     Done,
     PluginFrame,
@@ -53,39 +53,9 @@ SCOPE_MODERATE = "moderate"
 SCOPE_ADMIN = "admin"
 
 TurnEvent = Delta | Done
+# The wire's own types, so a plugin's constraint is exactly what a generate frame can carry.
+__all__ = ["Constraint", "ConstraintKind"]
 JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
-
-
-class ConstraintKind(enum.StrEnum):
-    REGEX = "regex"  # the whole output matches the regular expression
-    JSON_SCHEMA = "json_schema"  # the output is one JSON value valid under the schema
-    GRAMMAR = "grammar"  # a Lark grammar (llguidance's dialect)
-    CHOICE = "choice"  # the output is exactly one of the strings
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What a turn's output must match; compiled (and refused, invalid_field) at admission."""
-
-    kind: ConstraintKind
-    source: str = ""  # the regex, the grammar, or the schema as JSON text
-    choices: tuple[str, ...] = ()  # the strings of a CHOICE
-
-    @classmethod
-    def regex(cls, pattern: str) -> Constraint:
-        return cls(ConstraintKind.REGEX, pattern)
-
-    @classmethod
-    def json_schema(cls, schema: Mapping[str, object]) -> Constraint:
-        return cls(ConstraintKind.JSON_SCHEMA, json.dumps(schema))
-
-    @classmethod
-    def grammar(cls, lark: str) -> Constraint:
-        return cls(ConstraintKind.GRAMMAR, lark)
-
-    @classmethod
-    def choice(cls, options: Sequence[str]) -> Constraint:
-        return cls(ConstraintKind.CHOICE, choices=tuple(options))
 
 
 @dataclass(frozen=True, kw_only=True)

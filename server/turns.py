@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 
-from plugins.api import Constraint, ConstraintKind, GenerateSpec
+from plugins.api import Constraint, GenerateSpec
 from protocol import (
     ChatMessage,
     Delta,
@@ -66,13 +66,7 @@ def generate_spec(frame: Generate) -> GenerateSpec:
         stop=frame.stop or (),
         priority=frame.priority,
         return_token_ids=frame.return_token_ids,
-        constraint=None
-        if frame.constraint is None
-        else Constraint(
-            ConstraintKind(frame.constraint.kind.value),
-            frame.constraint.source,
-            frame.constraint.choices,
-        ),
+        constraint=frame.constraint,
         logprobs=frame.logprobs,
         prefill_only=frame.prefill_only,
     )
