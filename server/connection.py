@@ -36,6 +36,7 @@ from protocol import (
     Encoding,
     ErrorCode,
     ErrorFrame,
+    FinishReason,
     Generate,
     Hello,
     PluginFrame,
@@ -47,6 +48,8 @@ from protocol import (
     SessionInfo,
     SessionOpen,
     SessionResume,
+    Timings,
+    Usage,
     Welcome,
     encode_frame,
     encoding_of,
@@ -97,13 +100,16 @@ class Inflight:
     received_at: float
     task: asyncio.Task[None] | None = None
     turns: list[Turn] = field(default_factory=list)
+    cancelled: bool = False  # cancel() was called: a task ended by it answers "cancelled"
+    started: bool = False  # its task began to run (one cancelled before that never would)
 
     def cancel(self) -> None:
         """Cancel its engine turns (they end with a "cancelled" done), else its task."""
+        self.cancelled = True
         if self.turns:
             for turn in self.turns:
                 turn.cancel()
-        elif self.task is not None:
+        elif self.task is not None and self.started:
             self.task.cancel()
 
 
@@ -427,12 +433,20 @@ class Connection:
     async def _guard(self, inflight: Inflight, work: Coroutine[Any, Any, None]) -> None:
         """Run a request's work; whatever happens, the request ends and the client hears why."""
         error: ProtocolError | None = None
+        cut = False  # its task was cancelled: no frame of its own will end the request
+        inflight.started = True
         try:
+            # Cancelled before its task ran, with no turn to end it "cancelled": skip the work.
+            if inflight.cancelled and not inflight.turns:
+                work.close()
+                raise asyncio.CancelledError
             await work
         except ProtocolError as exc:
             error = exc.with_request_id(exc.request_id or inflight.request_id)
-        except (ConnectionGone, asyncio.CancelledError):
+        except ConnectionGone:
             pass
+        except asyncio.CancelledError:
+            cut = inflight.cancelled
         except Exception:
             log.exception("%s: request %r failed", self.connection_id, inflight.request_id)
             error = ProtocolError(
@@ -441,9 +455,13 @@ class Connection:
         finally:
             self._end(inflight)
             self.app.notify_request_end()
-        if error is not None and self.state is not ConnectionState.CLOSING:
-            with suppress(ConnectionGone):
+        if self.state is ConnectionState.CLOSING:
+            return
+        with suppress(ConnectionGone):
+            if error is not None:
                 await self._send_error(error, inflight.encoding)
+            elif cut:  # a score or a plugin's work, cancelled while no turn ran: say so
+                await self.send(_cancelled_done(inflight), inflight.encoding)
 
     async def _stream_turn(self, inflight: Inflight, turn: Turn) -> None:
         async with aclosing(turn.events()) as events:
@@ -462,6 +480,17 @@ class Connection:
 
     async def _run_plugin(self, inflight: Inflight, plugin: Plugin, frame: PluginFrame) -> None:
         await plugin.handle(frame, self.app.plugin_context(self, plugin))
+
+
+def _cancelled_done(inflight: Inflight) -> Done:
+    """The `done` that ends a request cancelled before any engine turn answered it."""
+    elapsed_ms = max(0.0, (time.monotonic() - inflight.received_at) * 1000)
+    return Done(
+        request_id=inflight.request_id,
+        finish_reason=FinishReason.CANCELLED,
+        usage=Usage(num_prompt_tokens=0, num_cached_tokens=0, num_completion_tokens=0),
+        timings=Timings(queue_ms=elapsed_ms, ttft_ms=elapsed_ms, total_ms=elapsed_ms),
+    )
 
 
 def source_address(ws: ServerConnection) -> str:

@@ -274,3 +274,23 @@ async def test_a_dead_engine_thread_restarts_and_readyz_says_so(model: Path, mon
         assert (await http_get(server.port, "/readyz"))[0] == 200
         done = (await turn(ws, "after", prompt="hi", max_tokens=3, sampling=NO_EOS))[-1]
         assert isinstance(done, Done) and done.finish_reason is FinishReason.LENGTH
+
+
+async def test_a_cancelled_score_ends_with_a_cancelled_done(model: Path) -> None:
+    async with running_server(model) as server, connect(url_of(server)) as ws:
+        await hello(ws)
+        score = {"type": "score", "id": "s", "prompt": "The gate is", "candidates": [" open"]}
+        for _ in range(5):
+            await ws.send(encode(score))
+            await ws.send(encode({"type": "cancel", "id": "s"}))
+            answer = await recv_frame(ws)
+            if isinstance(answer, ErrorFrame):  # the score ended before the cancel arrived
+                assert answer.code == "unknown_request"
+                continue
+            if isinstance(answer, Done):
+                assert answer.finish_reason is FinishReason.CANCELLED
+                break
+            assert answer.type == "scores"  # it finished first: the cancel's error follows
+            assert (await recv_frame(ws)).code == "unknown_request"
+        else:
+            pytest.fail("the score always finished before its cancel arrived")
