@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
 
 import pytest
+from engine_runs import random_prompt as _prompt
+from engine_runs import run_requests as _run
+from engine_runs import tokens_of as _tokens
 from tiny import TinyConfig, random_hf_tensors, write_gguf
 
 from server.engine.config import EngineConfig
 from server.engine.llm import LLM
-from server.engine.types import EngineRequest, FinishReason, RequestOutput, SamplingParams
+from server.engine.types import FinishReason, SamplingParams
 
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 
@@ -24,25 +26,6 @@ def model_path(tmp_path_factory):
 def _llm(path, **overrides) -> LLM:
     defaults = {"kv_cache_mib": 4, "block_size": 16, "num_threads": 1}
     return LLM.load(path, EngineConfig(**{**defaults, **overrides}))
-
-
-def _prompt(seed: int, length: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(0, 256) for _ in range(length)]
-
-
-def _run(llm: LLM, requests: Iterable[EngineRequest]) -> dict[str, list[RequestOutput]]:
-    outputs: dict[str, list[RequestOutput]] = {}
-    for request in requests:
-        llm.core.add_request(request)
-    while llm.core.has_unfinished():
-        for out in llm.core.step():
-            outputs.setdefault(out.request_id, []).append(out)
-    return outputs
-
-
-def _tokens(outputs: list[RequestOutput]) -> list[int]:
-    return [t for out in outputs for t in out.new_token_ids]
 
 
 def _alone(llm: LLM, prompt: list[int], sampling: SamplingParams = GREEDY) -> list[int]:

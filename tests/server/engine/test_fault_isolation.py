@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
+from engine_runs import random_prompt as _prompt
+from engine_runs import run_requests as _run
+from engine_runs import tokens_of as _tokens
 from tiny import TinyConfig, random_hf_tensors, write_gguf
 
 from server.engine.config import EngineConfig
@@ -14,7 +16,7 @@ from server.engine.errors import InvalidRequestError
 from server.engine.llm import LLM
 from server.engine.runner import ModelRunner
 from server.engine.sampler import SamplingError, SamplingState, sample
-from server.engine.types import EngineRequest, FinishReason, RequestOutput, SamplingParams
+from server.engine.types import FinishReason, SamplingParams
 
 GREEDY = SamplingParams(max_tokens=10, ignore_eos=True)
 
@@ -27,25 +29,6 @@ def model_path(tmp_path_factory):
 
 def _llm(path) -> LLM:
     return LLM.load(path, EngineConfig(kv_cache_mib=4, num_threads=1))
-
-
-def _prompt(seed: int, length: int = 20) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(0, 256) for _ in range(length)]
-
-
-def _run(llm: LLM, requests: list[EngineRequest]) -> dict[str, list[RequestOutput]]:
-    outputs: dict[str, list[RequestOutput]] = {}
-    for request in requests:
-        llm.core.add_request(request)
-    while llm.core.has_unfinished():
-        for out in llm.core.step():
-            outputs.setdefault(out.request_id, []).append(out)
-    return outputs
-
-
-def _tokens(outputs: list[RequestOutput]) -> list[int]:
-    return [t for out in outputs for t in out.new_token_ids]
 
 
 def _kv_at_rest(llm: LLM) -> None:

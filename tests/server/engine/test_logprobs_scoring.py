@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+from engine_runs import random_prompt as _prompt
+from engine_runs import run_requests as _run
 from tiny import TinyConfig, random_hf_tensors, write_gguf
 
 from server.engine.config import EngineConfig
 from server.engine.errors import InvalidRequestError
 from server.engine.llm import LLM
 from server.engine.types import (
-    EngineRequest,
     FinishReason,
     Priority,
-    RequestOutput,
     SamplingParams,
 )
 
@@ -32,24 +30,9 @@ def _llm(path) -> LLM:
     return LLM.load(path, EngineConfig(kv_cache_mib=4, block_size=BLOCK, num_threads=1))
 
 
-def _prompt(seed: int, length: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(0, 256) for _ in range(length)]
-
-
 def _oracle(llm: LLM, token_ids: list[int]) -> torch.Tensor:
     """(T, V) log-probabilities of the no-cache forward."""
     return torch.log_softmax(llm.model.forward_full(torch.tensor([token_ids]))[0], dim=-1)
-
-
-def _run(llm: LLM, requests: list[EngineRequest]) -> dict[str, list[RequestOutput]]:
-    outputs: dict[str, list[RequestOutput]] = {}
-    for request in requests:
-        llm.core.add_request(request)
-    while llm.core.has_unfinished():
-        for out in llm.core.step():
-            outputs.setdefault(out.request_id, []).append(out)
-    return outputs
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
