@@ -25,6 +25,9 @@ from protocol.writers import to_wire
 
 FrameData = bytes | bytearray | memoryview | str
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A lone surrogate in a JSON text: a raw one, or an escape of one (a valid escaped pair, or
+# an escaped backslash before "u", matches too: those frames get the full per-string check).
+_MAY_HOLD_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
 
 
 class Encoding(enum.Enum):
@@ -87,7 +90,7 @@ def decode_client_frame(
         reader = CLIENT_READERS.get(frame_type)
         if reader is None and not (frame_type in plugin_types and _is_plugin(frame_type)):
             raise _unknown_type(frame_type)
-        v.check_tree(raw, limits)
+        _check_tree(raw, data, limits, plugin=reader is None)
         if reader is not None:
             return reader(raw, limits)
         return _read_plugin(raw, frame_type, limits, id_required=True)
@@ -104,12 +107,22 @@ def decode_server_frame(data: FrameData, *, limits: Limits = DEFAULT_LIMITS) -> 
         reader = SERVER_READERS.get(frame_type)
         if reader is None and not _is_plugin(frame_type):
             raise _unknown_type(frame_type)
-        v.check_tree(raw, limits)
+        _check_tree(raw, data, limits, plugin=reader is None)
         if reader is not None:
             return reader(raw, limits)
         return _read_plugin(raw, frame_type, limits, id_required=False)
     except ProtocolError as error:
         raise error.with_request_id(request_id) from None
+
+
+def _check_tree(
+    raw: dict[object, object], data: FrameData, limits: Limits, *, plugin: bool
+) -> None:
+    """The whole-frame limits in one pass; a plugin payload must also survive JSON (no int
+    map keys). Strings are scanned for lone surrogates only where some may be: msgpack
+    decodes UTF-8 strictly, and a JSON text without one in it or its escapes has none."""
+    unicode_checked = not isinstance(data, str) or not _MAY_HOLD_SURROGATE.search(data)
+    v.check_tree(raw, limits, int_keys=not plugin, unicode_checked=unicode_checked)
 
 
 def _malformed(message: str) -> NoReturn:
@@ -194,11 +207,10 @@ def _read_plugin(
         request_id: str | None = v.required(raw, "", "id", identifier)
     else:
         request_id = v.optional(raw, "", "id", identifier)
-    payload: dict[str, object] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str):
-            raise v.invalid("frame", "map keys must be strings")
-        if key not in ("type", "id"):
-            v.json_compatible(value, key)
-            payload[key] = value
-    return PluginFrame(type=frame_type, request_id=request_id, payload=MappingProxyType(payload))
+    # check_tree has refused int map keys at every depth: the payload is JSON-compatible.
+    payload = {key: value for key, value in raw.items() if key not in ("type", "id")}
+    return PluginFrame(
+        type=frame_type,
+        request_id=request_id,
+        payload=MappingProxyType(payload),  # type: ignore[arg-type]
+    )

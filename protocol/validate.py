@@ -10,7 +10,7 @@ import enum
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -40,34 +40,71 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def check_tree(root: dict[object, object], limits: Limits) -> None:
-    """Bound nesting, sizes and value kinds of a whole decoded frame, without recursion."""
-    stack: list[tuple[object, int, str]] = [(root, 1, "")]
+Where = tuple[object, ...]  # (parent's Where, key, in a list?) or () for the frame: a lazy path
+
+
+def _path(where: Where) -> str:
+    """The field path of a lazy Where, built only for an error message."""
+    keys: list[tuple[object, bool]] = []
+    while where:
+        where, key, in_list = where  # type: ignore[assignment]
+        keys.append((key, bool(in_list)))
+    path = ""
+    for key, in_list in reversed(keys):
+        path = _join(path, key) if in_list else (f"{path}.{key}" if path else str(key))
+    return path
+
+
+def check_tree(
+    root: dict[object, object],
+    limits: Limits,
+    *,
+    int_keys: bool = True,
+    unicode_checked: bool = False,
+) -> None:
+    """Bound nesting, sizes and value kinds of a whole decoded frame, in one pass, without
+    recursion.
+
+    `int_keys`: msgpack int map keys pass (logit_bias; the field readers decide); a plugin
+    payload takes none, since JSON has none. `unicode_checked`: the caller knows that no
+    string can hold a lone surrogate (msgpack decodes UTF-8 strictly; a JSON text with no
+    surrogate in it or in its escapes), so strings are not encoded again to find one. Paths
+    are built only for an error: a large plugin payload costs one visit per value.
+    """
+    max_depth, max_items = limits.max_depth, limits.max_items
+    max_key_chars, max_string_chars = limits.max_key_chars, limits.max_string_chars
+    stack: list[tuple[object, int, Where]] = [(root, 1, ())]
     while stack:
-        node, depth, path = stack.pop()
-        if depth > limits.max_depth:
-            raise over_limit(path, f"nested deeper than {limits.max_depth}")
+        node, depth, where = stack.pop()
+        if depth > max_depth:
+            raise over_limit(_path(where), f"nested deeper than {max_depth}")
+        pairs: Iterable[tuple[object, object]]
         if isinstance(node, dict):
-            items: list[tuple[object, object]] = list(node.items())
+            is_map, pairs = True, node.items()
         else:
             assert isinstance(node, list)
-            items = list(enumerate(node))
-        if len(items) > limits.max_items:
-            raise over_limit(path or "frame", f"more than {limits.max_items} entries")
-        for key, value in items:
-            if isinstance(node, dict):
-                # Int keys exist for msgpack's logit_bias; the field readers decide the rest.
-                if isinstance(key, bool) or not isinstance(key, str | int):
-                    raise invalid(path or "frame", "map keys must be strings")
-                if isinstance(key, str):
-                    _check_string(key, _join(path, key), limits.max_key_chars)
-                child = f"{path}.{key}" if path else str(key)
-            else:
-                child = _join(path, key)
-            if isinstance(value, dict | list):
-                stack.append((value, depth + 1, child))
-            else:
-                _check_scalar(value, child, limits)
+            is_map, pairs = False, enumerate(node)
+        if len(node) > max_items:
+            raise over_limit(_path(where) or "frame", f"more than {max_items} entries")
+        for key, value in pairs:
+            if is_map:
+                if type(key) is str:
+                    if len(key) > max_key_chars or not unicode_checked:
+                        _check_string(key, _path((where, key, False)), max_key_chars)
+                elif type(key) is not int or not int_keys:
+                    raise invalid(_path(where) or "frame", "map keys must be strings")
+            if isinstance(value, str):
+                if len(value) > max_string_chars or not unicode_checked:
+                    _check_string(value, _path((where, key, not is_map)), max_string_chars)
+            elif isinstance(value, dict | list):
+                stack.append((value, depth + 1, (where, key, not is_map)))
+            elif isinstance(value, float):
+                if not math.isfinite(value):
+                    raise invalid(_path((where, key, not is_map)), "numbers must be finite")
+            elif not (value is None or isinstance(value, bool)) and not (
+                isinstance(value, int) and _INT_MIN <= value <= _INT_MAX
+            ):
+                _check_scalar(value, _path((where, key, not is_map)), limits)
 
 
 def _check_scalar(value: object, path: str, limits: Limits) -> None:

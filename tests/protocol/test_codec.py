@@ -234,6 +234,41 @@ def test_plugin_payloads_are_limited_and_json_compatible() -> None:
     assert _error(int_key, plugin_types=NPC).code is ErrorCode.INVALID_FIELD
 
 
+def test_plugin_payload_errors_name_the_field_at_any_depth() -> None:
+    """The one-pass check builds a path only for an error: it must still be the right one."""
+    nested = {"type": "npc.say", "id": "p", "messages": [{"user": {"id": "u"}}, {"user": {3: 1}}]}
+    error = _error(msgpack.packb(nested), plugin_types=NPC)
+    assert (error.code, error.field, error.request_id) == (
+        ErrorCode.INVALID_FIELD,
+        "messages[1].user",
+        "p",
+    )
+    long_text = {
+        "type": "npc.say",
+        "id": "p",
+        "m": [{"t": "x" * (1 + DEFAULT_LIMITS.max_string_chars)}],
+    }
+    error = _error(msgpack.packb(long_text), plugin_types=NPC)
+    assert (error.code, error.field) == (ErrorCode.LIMIT_EXCEEDED, "m[0].t")
+    not_finite = msgpack.packb({"type": "npc.say", "id": "p", "m": {"x": [1.0, float("nan")]}})
+    error = _error(not_finite, plugin_types=NPC)
+    assert (error.code, error.field) == (ErrorCode.INVALID_FIELD, "m.x[1]")
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDFFF", "\\ud83d"])
+def test_a_json_plugin_payload_with_a_lone_surrogate_escape_is_refused(escape: str) -> None:
+    data = '{"type":"npc.say","id":"p","m":[{"t":"ok"},{"t":"a' + escape + 'b"}]}'
+    error = _error(data, plugin_types=NPC)
+    assert (error.code, error.field) == (ErrorCode.INVALID_FIELD, "m[1].t")
+
+
+def test_a_json_plugin_payload_with_an_escaped_pair_or_backslash_is_read() -> None:
+    data = '{"type":"npc.say","id":"p","t":"\\ud83d\\ude00","u":"\\\\ud800"}'
+    frame = decode_client_frame(data, plugin_types=NPC)
+    assert isinstance(frame, PluginFrame)
+    assert dict(frame.payload) == {"t": "\U0001f600", "u": "\\ud800"}
+
+
 def test_plugin_payload_may_not_shadow_type_or_id() -> None:
     with pytest.raises(ValueError):
         encode_frame(PluginFrame(type="npc.say", payload={"id": "x"}), Encoding.JSON)
