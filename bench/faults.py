@@ -36,6 +36,7 @@ from server.store import SqliteStore, Store
 from server.store.redis_store import RedisStore
 
 from .faults_cost import PERSONA, Setup, commit_ms, cost
+from .fuzz import model_record
 from .procs import RedisServer, ServerProcess
 
 SCENARIOS = ("kill9", "redis-restart", "replica-kill", "read-only", "disk-full")
@@ -284,61 +285,72 @@ async def while_down(server: ServerProcess) -> str:
     return f"/readyz {status}; stateless turns {'streamed' if streamed else 'FAILED'}"
 
 
-async def read_only(s: Setup) -> FaultResult:
-    with tmpfs(s.folder / "read-only", "64m") as mount:
+async def sqlite_fault(
+    s: Setup,
+    scenario: str,
+    *,
+    size: str,
+    inject: Callable[[ServerProcess, Path], None],
+    recover: Callable[[Path], None],
+) -> FaultResult:
+    """A SQLite server on a tmpfs of its own under load: `inject` breaks its data directory,
+    the server says what it can while it is broken, `recover` repairs it, the load goes on."""
+    with tmpfs(s.folder / scenario, size) as mount:
         if mount is None:
-            return skipped("read-only")
+            return skipped(scenario)
         path = mount / "banterbox.db"
         args = (*s.server_args, "--config", str(_health_config(s.folder)))
         server = ServerProcess(s.model, store_url=f"sqlite://{path}", args=args).start()
         load = Load([server.url], num_sessions=s.num_sessions, max_tokens=s.max_tokens)
         try:
             await load.each_acked(2)
-            # Linux will not remount read-only under a file open for writing: the server
-            # meets the read-only directory at a restart (a volume mounted wrong), and it
-            # turns writable again under the running server.
-            server.stop()
-            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-            server.start()
+            inject(server, mount)
             during = await while_down(server)
-            subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+            recover(mount)
             await load.each_acked(2)
             await load.stop()
         finally:
             server.stop()
         store = SqliteStore(path)
         try:
-            return load.result("read-only", "sqlite", await load.verdict(store), during=during)
+            return load.result(scenario, "sqlite", await load.verdict(store), during=during)
         finally:
             await store.close()
+
+
+def remount_read_only(server: ServerProcess, mount: Path) -> None:
+    # Linux will not remount read-only under a file open for writing: the server meets the
+    # read-only directory at a restart (a volume mounted wrong), and it turns writable again
+    # under the running server.
+    server.stop()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    server.start()
+
+
+def remount_writable(mount: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+
+
+def fill_disk(server: ServerProcess, mount: Path) -> None:
+    """Until the disk is full, under the running turns."""
+    with contextlib.suppress(OSError), (mount / "filler").open("wb") as out:
+        while True:
+            out.write(b"\0" * (1 << 20))
+            out.flush()
+
+
+def free_disk(mount: Path) -> None:
+    (mount / "filler").unlink()
+
+
+async def read_only(s: Setup) -> FaultResult:
+    return await sqlite_fault(
+        s, "read-only", size="64m", inject=remount_read_only, recover=remount_writable
+    )
 
 
 async def disk_full(s: Setup) -> FaultResult:
-    with tmpfs(s.folder / "disk-full", "32m") as mount:
-        if mount is None:
-            return skipped("disk-full")
-        path = mount / "banterbox.db"
-        args = (*s.server_args, "--config", str(_health_config(s.folder)))
-        server = ServerProcess(s.model, store_url=f"sqlite://{path}", args=args).start()
-        load = Load([server.url], num_sessions=s.num_sessions, max_tokens=s.max_tokens)
-        try:
-            await load.each_acked(2)
-            filler = mount / "filler"
-            with contextlib.suppress(OSError), filler.open("wb") as out:
-                while True:  # until the disk is full, under the running turns
-                    out.write(b"\0" * (1 << 20))
-                    out.flush()
-            during = await while_down(server)
-            filler.unlink()
-            await load.each_acked(2)
-            await load.stop()
-        finally:
-            server.stop()
-        store = SqliteStore(path)
-        try:
-            return load.result("disk-full", "sqlite", await load.verdict(store), during=during)
-        finally:
-            await store.close()
+    return await sqlite_fault(s, "disk-full", size="32m", inject=fill_disk, recover=free_disk)
 
 
 def _health_config(folder: Path) -> Path:
@@ -419,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
     text = table(rows) + "\n\n" + summary
     print(text)
     if args.json is not None:
-        report = {"command": command_line(args), "model": model.name, **report}
+        report = {"command": command_line(args), "model": model_record(model.name, model), **report}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         args.json.with_suffix(".md").write_text(
             f"# {'Durability cost' if args.cost else 'Faults'}\n\n`{command_line(args)}` "
