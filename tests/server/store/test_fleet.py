@@ -4,6 +4,7 @@ between them; counters and topics are consistent across processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from server_harness import write_tiny_model
 
 from bench.procs import RedisServer, ServerProcess
+from protocol import PluginFrame
 from server.client import BanterboxClient
 from server.store.redis_store import RedisStore
 
@@ -98,3 +100,69 @@ async def test_a_topic_reaches_a_subscriber_in_another_process(redis_server: Red
     assert got == [{"ban": f"user-{i}"} for i in range(5)]
     await subscription.aclose()
     await store.close()
+
+
+# --- moderation on a fleet: the plugin's events through the shared store ----------------------
+
+MOD_CONFIG = '[plugins]\nenabled = ["chat", "moderation"]\n'
+NUM_OFFENCES = 24  # half to each replica, all at once
+
+
+async def mod_request(client: BanterboxClient, frame_type: str, **payload: object) -> PluginFrame:
+    ends = frozenset({"mod.verdict", "mod.policy", "mod.subscribed"})
+    frames = [f async for f in client.send_plugin(frame_type, payload, end_types=ends)]
+    assert isinstance(frames[-1], PluginFrame) and frames[-1].type in ends, frames[-1]
+    return frames[-1]
+
+
+async def offend(client: BanterboxClient, numbers: range) -> list[PluginFrame]:
+    """Offences of several users, sent concurrently on one connection."""
+    return await asyncio.gather(*(
+        mod_request(client, "mod.check", channel="c1", message_id=f"m{n}",
+                    user={"id": f"u{n}", "name": f"U{n}"}, text=f"pineapple {n}")
+        for n in numbers
+    ))  # fmt: skip
+
+
+async def actions_seen(client: BanterboxClient, num: int) -> set[str]:
+    seen: set[str] = set()
+    while len(seen) < num:
+        frame = await asyncio.wait_for(client.events.get(), 30)
+        if isinstance(frame, PluginFrame) and frame.type == "mod.action":
+            assert frame.payload["channel"] == "c1"
+            seen.add(str(frame.payload["message_id"]))
+    return seen
+
+
+async def test_mod_actions_from_either_replica_reach_subscribers_on_both(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    model = write_tiny_model(tmp_path)
+    (tmp_path / "banterbox.toml").write_text(MOD_CONFIG)
+    url = redis_server.url.replace("/0", "/8")  # the replicas' own database
+    args = (*SERVER_ARGS, "--config", str(tmp_path / "banterbox.toml"))
+    one = ServerProcess(model, store_url=url, args=args).start()
+    two = ServerProcess(model, store_url=url, args=args).start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            bot_one, bot_two, watch_one, watch_two = [
+                await stack.enter_async_context(BanterboxClient.connect(server.url))
+                for server in (one, two, one, two)
+            ]
+            # The policy set on one replica is the other's too: it lives in the store.
+            policy = {"blocked_terms": ["pineapple"]}
+            await mod_request(bot_one, "mod.config", channel="c1", op="set", policy=policy)
+            for watcher in (watch_one, watch_two):
+                await mod_request(watcher, "mod.subscribe", channel="c1")
+            half = NUM_OFFENCES // 2
+            verdicts = await asyncio.gather(
+                offend(bot_one, range(half)), offend(bot_two, range(half, NUM_OFFENCES))
+            )
+            assert all(v.payload["action"] != "allow" for got in verdicts for v in got)
+            everyone = {f"m{n}" for n in range(NUM_OFFENCES)}
+            # Every action, from either replica, reaches the subscribers on both (pub/sub).
+            assert await actions_seen(watch_one, NUM_OFFENCES) == everyone
+            assert await actions_seen(watch_two, NUM_OFFENCES) == everyone
+    finally:
+        one.stop()
+        two.stop()
