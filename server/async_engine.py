@@ -192,6 +192,7 @@ class AsyncEngine:
         if self._restarter is not None:
             self._restarter.cancel()
         await asyncio.to_thread(self._worker.stop, 10.0)
+        self.llm.core.close()
 
     def submit(self, request: EngineRequest) -> RequestStream:
         """Queue a request; refusals (overloaded, too long) surface as the stream's error."""

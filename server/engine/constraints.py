@@ -146,8 +146,12 @@ class ConstraintCompiler:
         return MaskBatch(bitmask=bitmask, seconds=time.perf_counter() - started)
 
     def close(self) -> None:
+        """Stop the helper thread (a later constrained request starts a new one): queued fills
+        are dropped (after a crash nobody reads them), a running one is waited for."""
         if self._thread is not None:
-            self._thread.shutdown(wait=True)
+            self._thread.shutdown(wait=True, cancel_futures=True)
+            self._thread = None
+            self._executor = None
 
 
 def _first_line(message: str) -> str:

@@ -129,6 +129,10 @@ class EngineCore:
         self._requests: dict[str, _RequestState] = {}
         self._failed: dict[str, str] = {}  # request id -> why, for this step's failures
 
+    def close(self) -> None:
+        """Release what outlives a step: the constraint masks' helper thread."""
+        self.constraints.close()
+
     def add_request(self, request: EngineRequest) -> None:
         """Queue a request; raises RequestError (invalid, overloaded, too long) to refuse it."""
         if request.request_id in self._requests:

@@ -163,6 +163,7 @@ class LLM:
     def restart_core(self) -> EngineCore:
         """A fresh EngineCore on the same weights (after a crash): empty queues, empty KV."""
         config = self.core.config
+        self.core.close()  # its mask thread would otherwise outlive it, one per restart
         del self.core  # free the old KV tensors before allocating the new ones
         self.core = EngineCore(self.model, self.tokenizer, config=config)
         return self.core

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from tiny import TinyConfig, random_hf_tensors, write_gguf
@@ -11,7 +12,7 @@ from server.async_engine import AsyncEngine, EngineDiedError
 from server.engine.config import EngineConfig
 from server.engine.errors import EngineRestartedError, OverloadedError, RequestFailedError
 from server.engine.llm import LLM
-from server.engine.types import FinishReason, SamplingParams
+from server.engine.types import Constraint, FinishReason, SamplingParams
 
 SAMPLING = SamplingParams(max_tokens=24, ignore_eos=True)
 
@@ -107,9 +108,17 @@ async def test_a_request_failing_in_the_engine_fails_its_stream_alone(engine) ->
     assert engine.healthy
 
 
+def _mask_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("banterbox-mask")]
+
+
 async def test_a_dead_engine_thread_is_restarted_and_in_flight_requests_told_to_retry(
     engine, monkeypatch
 ) -> None:
+    constrained = SamplingParams(max_tokens=4, constraint=Constraint.regex("[a-z]{4}"))
+    async for _ in engine.submit(engine.llm.new_request([5, 6], constrained)):
+        pass  # the old core's constraint masks started their helper thread
+    assert len(_mask_threads()) == 1
     running = engine.submit(
         engine.llm.new_request([1, 2, 3], SamplingParams(max_tokens=400, ignore_eos=True))
     )
@@ -136,6 +145,12 @@ async def test_a_dead_engine_thread_is_restarted_and_in_flight_requests_told_to_
         for t in d.token_ids
     ]
     assert tokens == _expected(engine, prompt)
+    assert _mask_threads() == []  # the dead core's went with it; the new core starts its own
+    async for _ in engine.submit(engine.llm.new_request([5, 6], constrained)):
+        pass
+    assert len(_mask_threads()) == 1
+    await engine.stop()
+    assert _mask_threads() == []
 
 
 async def test_a_crash_loop_leaves_the_engine_down(model_path, monkeypatch) -> None:
