@@ -24,8 +24,15 @@ from protocol.messages import CLIENT_TYPES, SERVER_TYPES
 VECTORS = Path(protocol.__file__).parent / "vectors"
 INVALID = VECTORS / "invalid"
 NAMES = sorted(path.stem for path in VECTORS.glob("*.json"))
-# The plugin type the client vectors use; a server enables it through its plugin list.
-PLUGIN_TYPES = frozenset({"npc.say"})
+# The plugin types the client vectors use (npc.*, mod.*); a server enables them through its
+# plugin list: every client vector whose type is not a core frame's.
+PLUGIN_TYPES = (
+    frozenset(
+        json.loads(path.read_text(encoding="utf-8"))["type"]
+        for path in VECTORS.glob("client-*.json")
+    )
+    - CLIENT_TYPES
+)
 
 
 def _decode(name: str, data: bytes | str) -> ClientFrame | ServerFrame:
