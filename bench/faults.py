@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -35,7 +36,7 @@ from server.pull import default_model_path
 from server.store import SqliteStore, Store
 from server.store.redis_store import RedisStore
 
-from .faults_cost import PERSONA, Setup, commit_ms, cost
+from .faults_cost import PERSONA, CostResult, Setup, commit_ms, cost
 from .fuzz import model_record
 from .procs import RedisServer, ServerProcess
 
@@ -377,10 +378,25 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--only", type=lambda t: t.split(","), default=list(SCENARIOS),
                    help=f"some of {','.join(SCENARIOS)}")  # fmt: skip
     p.add_argument("--cost", action="store_true", help="measure durability's cost instead")
-    p.add_argument("--rounds", type=int, default=2, help="--cost: memory/SQLite alternations")
+    p.add_argument("--rounds", type=int, default=3, help="--cost: pairs of memory/SQLite rounds")
     p.add_argument("--turns", type=int, default=4, help="--cost: turns per player")
     p.add_argument("--json", type=Path, default=None, help="also write JSON (and .md beside it)")
     p.set_defaults(run=run)
+
+
+def cost_ratios(costs: Sequence[CostResult]) -> dict[str, dict[str, Any]]:
+    """SQLite / memory of each figure: per pair of rounds, their median, and pooled."""
+    by = {(c.store, c.round): asdict(c) for c in costs}
+    pairs = sorted({c.round for c in costs if c.round >= 0})
+    ratios: dict[str, dict[str, Any]] = {}
+    for k in ("ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_mean_ms"):
+        each = [by["sqlite", p][k] / by["memory", p][k] for p in pairs]
+        ratios[k] = {
+            "pairs": [round(r, 3) for r in each],
+            "median_of_pairs": statistics.median(each),
+            "pooled": by["sqlite", -1][k] / by["memory", -1][k],
+        }
+    return ratios
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -417,11 +433,13 @@ def run(args: argparse.Namespace) -> int:
             commits = asyncio.run(commit_ms(setup.folder))
             rows = [{k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(c).items()}
                     for c in costs]  # fmt: skip
-            ratio = {k: costs[1].__dict__[k] / costs[0].__dict__[k]
-                     for k in ("ttft_p50_ms", "ttft_p95_ms", "itl_mean_ms")}  # fmt: skip
-            summary = "SQLite / memory: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
-            summary += "\n\nOne commit: " + ", ".join(f"{k} {v:.2f}" for k, v in commits.items())
-            report: dict[str, Any] = {"results": rows, "sqlite_over_memory": ratio, **commits}
+            ratios = cost_ratios(costs)
+            summary = "SQLite / memory (median of the pairs' ratios; pooled medians' ratio): "
+            summary += ", ".join(
+                f"{k} {v['median_of_pairs']:.3f}; {v['pooled']:.3f}" for k, v in ratios.items()
+            )
+            summary += "\n\nCommits: " + ", ".join(f"{k} {v:.2f}" for k, v in commits.items())
+            report: dict[str, Any] = {"results": rows, "sqlite_over_memory": ratios, **commits}
         else:
             results = [asyncio.run(RUNNERS[name](setup)) for name in args.only]
             rows = [asdict(r) for r in results]
