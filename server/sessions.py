@@ -160,9 +160,21 @@ class SessionStore:
             last_used=self._clock(),
             opener=opener,
         )
-        self._sessions[(tenant, session_id)] = session
+        return self._add(session), False
+
+    def _add(self, session: Session) -> Session:
+        """Into the working set, counted against its caps."""
+        self._sessions[(session.tenant, session.session_id)] = session
         self._count(session, +1)
-        return session, False
+        return session
+
+    def _adopt(self, record: SessionRecord) -> Session:
+        """A stored session into the working set, as the store has it (a resume or a warm
+        start is never capped, as in memory)."""
+        session = Session(tenant=record.tenant, session_id=record.session_id, metadata={})
+        self._refresh(session, record)
+        session.last_used = record.last_used
+        return self._add(session)
 
     def _refuse_lost(self, session_id: str) -> None:
         """For an id the store does not have either."""
@@ -301,15 +313,7 @@ class SessionStore:
             return 0
         for record in records:
             if (record.tenant, record.session_id) not in self._sessions:
-                session = Session(
-                    tenant=record.tenant,
-                    session_id=record.session_id,
-                    metadata={},
-                    last_used=record.last_used,
-                )
-                self._refresh(session, record)
-                self._sessions[(record.tenant, record.session_id)] = session
-                self._count(session, +1)
+                self._adopt(record)
         return len(records)
 
     async def persist(self, session: Session) -> None:
@@ -338,10 +342,7 @@ class SessionStore:
         if record is None:
             return local
         if local is None:
-            local = Session(tenant=tenant, session_id=session_id, metadata={})
-            self._refresh(local, record)
-            self._sessions[(tenant, session_id)] = local
-            self._count(local, +1)  # a resume is never capped, as in memory
+            local = self._adopt(record)
         elif record.num_turns != local.num_turns and not local.busy:
             self._refresh(local, record)
         return local
