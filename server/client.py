@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -176,6 +177,34 @@ class PluginStream(ResponseStream):
         return frame
 
 
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """A moderation verdict (`mod.verdict`, or one item of `mod.verdicts`; SPEC §12)."""
+
+    message_id: str
+    action: str  # allow, hold, delete, timeout, ban
+    score: float  # overall risk in [0, 1]
+    categories: Mapping[str, float]
+    reasons: tuple[Mapping[str, str], ...]  # {source, name, detail}
+    duration_s: float  # a timeout's length; 0 otherwise
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Verdict:
+        return cls(
+            message_id=str(payload["message_id"]),
+            action=str(payload["action"]),
+            score=float(payload["score"]),
+            categories=MappingProxyType(dict(payload.get("categories") or {})),
+            reasons=tuple(MappingProxyType(dict(r)) for r in payload.get("reasons") or ()),
+            duration_s=float(payload.get("duration_s") or 0),
+        )
+
+
+def mod_user(user_id: str, name: str | None = None, roles: Sequence[str] = ()) -> dict[str, Any]:
+    """A `user` field of mod.check (the name defaults to the id)."""
+    return {"id": user_id, "name": name or user_id, "roles": list(roles)}
+
+
 class BanterboxClient:
     def __init__(self, ws: ClientConnection, encoding: Encoding) -> None:
         self.ws = ws
@@ -306,6 +335,95 @@ class BanterboxClient:
         payload: dict[str, object] = {"npc": npc, "player": player, "text": text}
         payload |= {k: v for k, v in fields.items() if v is not None}
         return self.send_plugin("npc.say", payload, end_types=frozenset({"npc.interrupted"}))
+
+    async def call_plugin(
+        self, frame_type: str, payload: Mapping[str, object], *, request_id: str | None = None
+    ) -> PluginFrame:
+        """A plugin request answered by exactly one frame (every mod.* request, and npc.*
+        but npc.say and the scene's): that frame; an error frame raises BanterboxError."""
+        request_id = request_id or self.new_request_id()
+        frame = PluginFrame(
+            type=frame_type, request_id=request_id, payload=MappingProxyType(dict(payload))
+        )
+        return await self._single(frame, request_id, PluginFrame)
+
+    # --- npc.* (SPEC §13): the one-answer frames; npc_say streams --------------------------
+
+    async def npc_typing(
+        self, npc: str, player: str, text: str, *, session_id: str | None = None
+    ) -> Mapping[str, object]:
+        """Prefill the partial line while the player types: `{session_id, prefilled,
+        superseded}` once the prefill ran (or was superseded by a newer one)."""
+        who = {"session_id": session_id} if session_id else {"npc": npc, "player": player}
+        return (await self.call_plugin("npc.typing", {**who, "text": text})).payload
+
+    async def npc_interrupt(self, turn_id: str, heard_chars: int) -> Mapping[str, object]:
+        """Stop a running npc.say; `{turn_id, heard_chars, text}`: what the NPC remembers."""
+        payload = {"turn_id": turn_id, "heard_chars": heard_chars}
+        return (await self.call_plugin("npc.interrupt", payload)).payload
+
+    async def npc_memory(
+        self, npc: str, player: str, op: str = "get", memory: Mapping[str, object] | None = None
+    ) -> Mapping[str, object] | None:
+        """The NPC's memory of the player (`op`: get, set with `memory`, forget); None if none."""
+        payload: dict[str, object] = {"npc": npc, "player": player, "op": op}
+        if memory is not None:
+            payload["memory"] = dict(memory)
+        answer = (await self.call_plugin("npc.memory", payload)).payload
+        found = answer.get("memory")
+        return found if isinstance(found, Mapping) else None
+
+    # --- mod.* (SPEC §12) -------------------------------------------------------------------
+
+    async def mod_check(
+        self, channel: str, message_id: str, user: Mapping[str, object], text: str
+    ) -> Verdict:
+        """One chat message's verdict; `user` as `mod_user(...)` makes it."""
+        payload = {"channel": channel, "message_id": message_id, "user": dict(user), "text": text}
+        return Verdict.from_payload((await self.call_plugin("mod.check", payload)).payload)
+
+    async def mod_check_batch(
+        self, channel: str, messages: Sequence[Mapping[str, object]]
+    ) -> list[Verdict]:
+        """Verdicts for up to 1000 messages ({message_id, user, text}), in input order."""
+        payload = {"channel": channel, "messages": [dict(m) for m in messages]}
+        answer = await self.call_plugin("mod.check_batch", payload)
+        verdicts = answer.payload.get("verdicts")
+        assert isinstance(verdicts, list)
+        return [Verdict.from_payload(v) for v in verdicts]
+
+    async def mod_config(
+        self, channel: str, op: str = "get", **fields: object
+    ) -> Mapping[str, object]:
+        """The channel's policy: `get`, `set` (policy=...), `reset`; `permit` (user_id=...)
+        answers `{channel, user_id, expires_in_s}`."""
+        payload = {"channel": channel, "op": op, **fields}
+        return (await self.call_plugin("mod.config", payload)).payload
+
+    async def mod_review(
+        self,
+        channel: str,
+        op: str = "list",
+        message_id: str | None = None,
+        moderator: str | None = None,
+    ) -> Mapping[str, object]:
+        """The hold queue (`list`: `{channel, holds}`), or `approve`/`deny` one held message."""
+        payload: dict[str, object] = {"channel": channel, "op": op}
+        payload |= {k: v for k, v in (("message_id", message_id), ("moderator", moderator)) if v}
+        return (await self.call_plugin("mod.review", payload)).payload
+
+    async def mod_audit(self, channel: str, **query: object) -> list[Mapping[str, object]]:
+        """Audit entries newest first; query: user_id, action, since (unix s), limit."""
+        answer = await self.call_plugin("mod.audit", {"channel": channel, **query})
+        entries = answer.payload.get("entries")
+        assert isinstance(entries, list)
+        return entries
+
+    async def mod_subscribe(self, channel: str, *, subscribe: bool = True) -> bool:
+        """Receive the channel's `mod.action` events in `client.events` (or stop)."""
+        op = "subscribe" if subscribe else "unsubscribe"
+        answer = await self.call_plugin("mod.subscribe", {"channel": channel, "op": op})
+        return bool(answer.payload.get("subscribed"))
 
     # --- plumbing -----------------------------------------------------------------------------
 
