@@ -83,22 +83,28 @@ class GenerateSpec:
 
 
 class SessionAccess(Protocol):
-    """The calling tenant's sessions. Unknown or foreign ids raise ProtocolError
-    (session_not_found)."""
+    """The calling tenant's sessions, read from and written through to the server's session
+    store: on a fleet, a session opened or changed on one replica is found, with its exact
+    transcript, on any other. Every change is durable when its call returns. Unknown or
+    foreign ids raise ProtocolError (session_not_found); a store that cannot be written,
+    ProtocolError (store_unavailable) with nothing changed."""
 
-    def transcript(self, session_id: str) -> tuple[ChatMessage, ...]: ...
+    async def transcript(self, session_id: str) -> tuple[ChatMessage, ...]: ...
 
-    def metadata(self, session_id: str) -> Mapping[str, str]: ...
+    async def metadata(self, session_id: str) -> Mapping[str, str]: ...
 
-    def open(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
-        """Open (or find) the tenant's session; True when it already existed."""
+    async def open(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
+        """Open (or find, on this replica or in the store) the tenant's session; True when it
+        already existed."""
         ...
 
-    def close(self, session_id: str) -> None: ...
+    async def close(self, session_id: str) -> None: ...
 
-    def append(self, session_id: str, message: ChatMessage) -> None: ...
+    async def append(self, session_id: str, *messages: ChatMessage) -> None:
+        """Add messages (a narration, an interrupted turn) to the end of the transcript."""
+        ...
 
-    def truncate(self, session_id: str, num_messages: int) -> None:
+    async def truncate(self, session_id: str, num_messages: int) -> None:
         """Keep the first num_messages messages (an interrupted reply is cut to what was
         heard by replacing the tail); the KV is recomputed from the new transcript."""
         ...
@@ -108,6 +114,7 @@ class Store(Protocol):
     """Key-value state of one plugin for one tenant. Values are JSON-compatible.
 
     Durable where the server's store is (SQLite, Redis); `incr` is atomic across replicas.
+    `incr_windows` is the cheap, not always durable counter for rate limits.
     Values and logs are two key spaces under one namespace: `delete` removes both, `list`
     names both.
     """
@@ -124,6 +131,17 @@ class Store(Protocol):
 
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
         """Add atomically (absent counts as 0); ttl_s is set when this creates the key."""
+        ...
+
+    async def incr_windows(self, windows: Sequence[tuple[str, float]]) -> builtins.list[int]:
+        """Count one in each short-window counter (key, ttl_s), in one call; the new counts.
+
+        For rate limits (flood, duplicate windows), never for state that must survive a
+        crash: on a fleet's Redis the counts are atomic and agree across replicas, as `incr`;
+        on SQLite and memory they live in this server process only (no disk write; a
+        restart forgets the open windows, at most ttl_s of history). A window starts at its
+        first count and ends ttl_s later. Their own key space: `get`, `list` and `delete`
+        do not see them."""
         ...
 
     async def append(self, key: str, value: JSON, *, max_len: int | None = None) -> None:

@@ -199,29 +199,30 @@ class PluginPeer(Subscriber, Protocol):
 
 
 class TenantSessions:
-    """plugins.api.SessionAccess over one tenant's sessions."""
+    """plugins.api.SessionAccess over one tenant's sessions, through the session store (so a
+    fleet replica finds what another one wrote) and durable when each call returns."""
 
     def __init__(self, store: SessionStore, tenant: str) -> None:
         self._store = store
         self._tenant = tenant
 
-    def transcript(self, session_id: str) -> tuple[ChatMessage, ...]:
-        return tuple(self._store.get(self._tenant, session_id).messages)
+    async def transcript(self, session_id: str) -> tuple[ChatMessage, ...]:
+        return tuple((await self._store.find_session(self._tenant, session_id)).messages)
 
-    def metadata(self, session_id: str) -> Mapping[str, str]:
-        return self._store.get(self._tenant, session_id).metadata
+    async def metadata(self, session_id: str) -> Mapping[str, str]:
+        return (await self._store.find_session(self._tenant, session_id)).metadata
 
-    def open(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
-        return self._store.open(self._tenant, session_id, metadata)[1]
+    async def open(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
+        return (await self._store.open_session(self._tenant, session_id, metadata))[1]
 
-    def close(self, session_id: str) -> None:
-        self._store.close(self._tenant, session_id)
+    async def close(self, session_id: str) -> None:
+        await self._store.close_session(self._tenant, session_id)
 
-    def append(self, session_id: str, message: ChatMessage) -> None:
-        self._store.append(self._tenant, session_id, message)
+    async def append(self, session_id: str, *messages: ChatMessage) -> None:
+        await self._store.append_messages(self._tenant, session_id, messages)
 
-    def truncate(self, session_id: str, num_messages: int) -> None:
-        self._store.truncate(self._tenant, session_id, num_messages)
+    async def truncate(self, session_id: str, num_messages: int) -> None:
+        await self._store.truncate_messages(self._tenant, session_id, num_messages)
 
 
 class ConnectionContext:

@@ -14,9 +14,11 @@ turn whose `done` was sent survives a crash. After a restart (or on another repl
 shared store) `open_session`/`resume_session` load the record, with the exact transcript; the
 engine recomputes the KV. A store that cannot be written answers `store_unavailable` and the
 session is left as it was. The working set expires idle sessions; the store expires its records
-at the same idle TTL (`expires_at`). The synchronous `open`, `close`, `append` and `truncate`
-change the working set at once and the store soon after (write-behind: a plugin's changes
-are not covered by the guarantee; on a shared store a synchronous `open` saves nothing).
+at the same idle TTL (`expires_at`). A plugin's reads and changes (`find_session`,
+`append_messages`, `truncate_messages`, behind plugins.api.SessionAccess) go through the store
+the same way, so they hold on any replica and are durable when they return. The synchronous
+`open` and `close` change the working set at once and the store soon after (write-behind; on
+a shared store a synchronous `open` saves nothing).
 
 Ids the server makes carry this run's instance id (`s-<instance>-<random>`). Such an id from
 another run that the store does not have (the memory store after a restart; an expired or
@@ -280,7 +282,7 @@ class SessionStore:
             tenant=session.tenant,
             session_id=session.session_id,
             metadata=session.metadata,
-            messages=tuple((m.role.value, m.content) for m in session.messages),
+            messages=_pairs(session.messages),
             transcript_text=transcript.text if transcript is not None else "",
             transcript_token_ids=transcript.token_ids if transcript is not None else (),
             num_turns=session.num_turns,
@@ -301,7 +303,7 @@ class SessionStore:
 
     async def warm(self) -> int:
         """After a restart, the store's sessions into the working set: every session is then
-        found as before (by a plugin's synchronous `open`, by a `generate` without a resume).
+        found as before (by a plugin's `find_session`, by a `generate` without a resume).
         Only for a store of this process alone: fleet replicas load a session when it is
         opened or resumed. The store keeps sessions no longer than the working set would."""
         if not self.store.durable or self.store.shared:
@@ -343,7 +345,9 @@ class SessionStore:
             return local
         if local is None:
             local = self._adopt(record)
-        elif record.num_turns != local.num_turns and not local.busy:
+        elif not local.busy and (
+            record.num_turns != local.num_turns or record.messages != _pairs(local.messages)
+        ):  # a turn or a plugin's change (a narration, a cut reply) made elsewhere
             self._refresh(local, record)
         return local
 
@@ -403,19 +407,46 @@ class SessionStore:
             del self._sessions[(session.tenant, session.session_id)]
             self._count(session, -1)
 
-    def append(self, tenant: str, session_id: str, message: ChatMessage) -> None:
-        """Add a message a plugin wrote (an event, a narration) to the transcript."""
-        session = self.get(tenant, session_id)
-        session.messages.append(message)
-        session.transcript = None  # the exact tokens no longer follow the messages
-        self._later(self.persist(session))
+    async def find_session(self, tenant: str, session_id: str) -> Session:
+        """The tenant's session as the store has it now (a plugin's read), without saving;
+        session_not_found (or session_lost) when neither here nor the store has it."""
+        self.expire()
+        found = await self._find(tenant, session_id)
+        if found is None:
+            self._refuse_lost(session_id)
+            raise ProtocolError(
+                ErrorCode.SESSION_NOT_FOUND, f"no session {session_id!r} (closed or expired?)"
+            )
+        found.last_used = self._clock()
+        return found
 
-    def truncate(self, tenant: str, session_id: str, num_messages: int) -> None:
-        """Keep the first num_messages messages; the KV is recomputed from what is left."""
-        session = self.get(tenant, session_id)
+    async def append_messages(
+        self, tenant: str, session_id: str, messages: Sequence[ChatMessage]
+    ) -> None:
+        """Add messages a plugin wrote (a narration, an interrupted turn) to the transcript,
+        durably; on store_unavailable the session is left as it was."""
+        session = await self.find_session(tenant, session_id)
+        before = (list(session.messages), session.transcript)
+        session.messages.extend(messages)
+        session.transcript = None  # the exact tokens no longer follow the messages
+        await self._persist_or_undo(session, before)
+
+    async def truncate_messages(self, tenant: str, session_id: str, num_messages: int) -> None:
+        """Keep the first num_messages messages, durably; the KV is recomputed from them."""
+        session = await self.find_session(tenant, session_id)
+        before = (list(session.messages), session.transcript)
         del session.messages[max(0, num_messages) :]
         session.transcript = None
-        self._later(self.persist(session))
+        await self._persist_or_undo(session, before)
+
+    async def _persist_or_undo(
+        self, session: Session, before: tuple[list[ChatMessage], Transcript | None]
+    ) -> None:
+        try:
+            await self.persist(session)
+        except ProtocolError:
+            session.messages[:], session.transcript = before
+            raise
 
     async def commit_turn(
         self,
@@ -449,3 +480,8 @@ class SessionStore:
         for session in expired:
             self._ended(session)
         return expired
+
+
+def _pairs(messages: Sequence[ChatMessage]) -> tuple[tuple[str, str], ...]:
+    """Messages as a store record holds them."""
+    return tuple((m.role.value, m.content) for m in messages)

@@ -155,16 +155,14 @@ class NpcPlugin(BasePlugin):
             del self._replies[key]
         cut = heard(reply.pieces, heard_chars=reply.heard_chars)
         if done is None:  # interrupted: the server keeps nothing of a cancelled turn
-            for message in messages:
-                ctx.sessions.append(session_id, message)
-            if cut.markup:
-                ctx.sessions.append(
-                    session_id, ChatMessage(role=Role.ASSISTANT, content=cut.markup)
-                )
+            said = (ChatMessage(role=Role.ASSISTANT, content=cut.markup),) if cut.markup else ()
+            await ctx.sessions.append(session_id, *messages, *said)
         elif reply.splitter.num_dropped:  # a span cut by max_tokens: keep only whole events
-            num_messages = len(ctx.sessions.transcript(session_id))
-            ctx.sessions.truncate(session_id, num_messages - 1)
-            ctx.sessions.append(session_id, ChatMessage(role=Role.ASSISTANT, content=cut.markup))
+            num_messages = len(await ctx.sessions.transcript(session_id))
+            await ctx.sessions.truncate(session_id, num_messages - 1)
+            await ctx.sessions.append(
+                session_id, ChatMessage(role=Role.ASSISTANT, content=cut.markup)
+            )
         latest = await self._record(ctx.store, session_id) or record
         await ctx.store.set(session_key(session_id), latest.after_turn(text, cut.events).to_json())
         if done is None:
@@ -281,7 +279,7 @@ class NpcPlugin(BasePlugin):
     async def _turn_messages(
         self, ctx: PluginContext, card: Card, session_id: str, text: str
     ) -> tuple[ChatMessage, ...]:
-        transcript = ctx.sessions.transcript(session_id)
+        transcript = await ctx.sessions.transcript(session_id)
         spoken = [m.content for m in transcript if m.role is not Role.SYSTEM]
         recent = [*spoken[-self.lore_window :], text]
         already = "\n".join(m.content for m in transcript if m.role is Role.SYSTEM)
@@ -307,7 +305,10 @@ class NpcPlugin(BasePlugin):
                     request_id=read.request_id,
                     field="session_id",
                 )
-            return record, await self._card(ctx.store, read.request_id, record.card_id), False
+            card = await self._card(ctx.store, read.request_id, record.card_id)
+            # Loads the transcript on a replica that has not seen the session yet.
+            await ctx.sessions.open(session_id, {"npc": card.card_id, "player": record.player})
+            return record, card, False
         card = await self._card(ctx.store, read.request_id, read_id(read, "npc"))
         player = read_id(read, "player")
         session_id = default_session_id(card.card_id, player)
@@ -319,10 +320,10 @@ class NpcPlugin(BasePlugin):
                     f"no open session of {player!r} with {card.card_id!r}",
                     request_id=read.request_id,
                 )
-            ctx.sessions.open(session_id, {"npc": card.card_id, "player": player})
+            await ctx.sessions.open(session_id, {"npc": card.card_id, "player": player})
             return record, card, False
         memory = await _memory(ctx.store, card.card_id, player)
-        ctx.sessions.open(session_id, {"npc": card.card_id, "player": player})
+        await ctx.sessions.open(session_id, {"npc": card.card_id, "player": player})
         record = SessionRecord(
             session_id=session_id, card_id=card.card_id, player=player, memory=memory
         )
@@ -364,7 +365,7 @@ class NpcPlugin(BasePlugin):
         memory = await self._end_session(ctx.store, record.session_id)
         # A server session that already expired leaves the memory written all the same.
         with contextlib.suppress(ProtocolError):
-            ctx.sessions.close(record.session_id)
+            await ctx.sessions.close(record.session_id)
         payload = memory_payload(memory)
         await ctx.send(
             frame("npc.closed", read.request_id, session_id=record.session_id, memory=payload)
@@ -432,7 +433,7 @@ class NpcPlugin(BasePlugin):
         record, _, _ = await self._session(read, ctx, open_missing=True)
         text = read_line(read)
         narration = ChatMessage(role=Role.SYSTEM, content=f"(In the game: {text})")
-        ctx.sessions.append(record.session_id, narration)
+        await ctx.sessions.append(record.session_id, narration)
         await ctx.send(frame("npc.noted", read.request_id, session_id=record.session_id))
 
     async def _state(self, read: PayloadReader, ctx: PluginContext) -> None:

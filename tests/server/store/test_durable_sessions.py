@@ -7,7 +7,6 @@ import secrets
 from pathlib import Path
 
 import pytest
-from server_harness import poll
 
 from bench.procs import RedisServer
 from protocol import ChatMessage, ErrorCode, ProtocolError, Role
@@ -110,15 +109,19 @@ async def test_a_restarted_server_warms_its_own_store_but_not_a_fleets(
     await shared.close()
 
 
-async def test_a_plugins_synchronous_changes_are_written_behind(tmp_path: Path) -> None:
+async def test_a_plugins_changes_are_durable_when_they_return(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "banterbox.db")
     sessions = SessionStore(store=store)
-    sessions.open("a", "npc-1", {"npc": "mara"})
-    sessions.open("a", "npc-2", None)
-    sessions.append("a", "npc-1", ChatMessage(role=Role.USER, content="(the door creaks)"))
-    sessions.close("a", "npc-2")
-    await poll(lambda: not sessions._pending)
-    record = await store.load_session("a", "npc-1")
+    await sessions.open_session("a", "npc-1", {"npc": "mara"})
+    await sessions.open_session("a", "npc-2", None)
+    creak = ChatMessage(role=Role.USER, content="(the door creaks)")
+    await sessions.append_messages("a", "npc-1", [creak, creak])
+    await sessions.truncate_messages("a", "npc-1", 1)
+    await sessions.close_session("a", "npc-2")
+    record = await store.load_session("a", "npc-1")  # no waiting: written before the return
     assert record is not None and record.messages == (("user", "(the door creaks)"),)
     assert await store.load_session("a", "npc-2") is None  # a restart will not bring it back
+    with pytest.raises(ProtocolError) as missing:
+        await sessions.append_messages("a", "npc-2", [creak])
+    assert missing.value.code is ErrorCode.SESSION_NOT_FOUND
     await store.close()
