@@ -1,18 +1,147 @@
 // GGUF block formats kept packed: dequantize rows, and x @ W^T with W dequantized on the fly.
 // Every weight is dequantized to exactly the float32 value the gguf package computes, and the
 // products are accumulated in float32: the result is the dense reference's up to summation
-// order. Activations are never quantized. AVX2 + FMA + F16C; threads via at::parallel_for.
+// order. Activations are never quantized. AVX2 + FMA + F16C; threads: see ChunkPool.
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 namespace {
+
+// ---- Threads ----
+// A matmul's work is cut into chunks that threads claim one by one; the caller claims too and
+// waits only for chunks a helper has claimed and is running. On a shared machine a descheduled
+// helper then costs nothing: the caller runs its share, where a fork-join (OpenMP) region would
+// wait out the helper's time slice at its barrier, once per matmul, 121 times a decode step.
+class ChunkPool {
+ public:
+  using Fn = void (*)(void* ctx, int64_t chunk);
+
+  static ChunkPool& get() {
+    // Never destroyed: helpers start on first use and sleep until the process ends.
+    static ChunkPool* pool = new ChunkPool;
+    return *pool;
+  }
+
+  // fn(ctx, c) for c in [0, num_chunks), on up to num_threads threads (the caller one of them).
+  void run(int64_t num_chunks, int num_threads, Fn fn, void* ctx) {
+    if (num_chunks <= 0) return;
+    const int helpers = std::min<int>(num_threads - 1, static_cast<int>(num_chunks) - 1);
+    if (helpers <= 0) {
+      for (int64_t c = 0; c < num_chunks; ++c) fn(ctx, c);
+      return;
+    }
+    std::lock_guard<std::mutex> caller(run_mutex_);  // one job at a time (one engine thread)
+    start_helpers(helpers);
+    fn_ = fn;
+    ctx_ = ctx;
+    done_.store(0, std::memory_order_relaxed);
+    generation_ = (generation_ + 1) & kGenerationMask;
+    max_helper_ = helpers;
+    state_.store(pack(generation_, static_cast<uint64_t>(num_chunks), 0), std::memory_order_seq_cst);
+    if (num_sleeping_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+    int64_t finished = 0;
+    for (int64_t c; (c = claim(generation_)) >= 0; ++finished) fn(ctx, c);
+    done_.fetch_add(finished, std::memory_order_acq_rel);
+    while (done_.load(std::memory_order_acquire) < num_chunks) _mm_pause();
+  }
+
+ private:
+  // state_: generation (24 bits) | number of chunks (20) | next unclaimed chunk (20).
+  static constexpr uint64_t kGenerationMask = (1u << 24) - 1, kField = (1u << 20) - 1;
+  static uint64_t pack(uint64_t gen, uint64_t n, uint64_t next) { return gen << 40 | n << 20 | next; }
+
+  // The next chunk of job `gen`, or -1 when it has none left (or is no longer the current job).
+  int64_t claim(uint64_t gen) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while (true) {
+      const uint64_t n = (s >> 20) & kField, next = s & kField;
+      if ((s >> 40) != gen || next >= n) return -1;
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+        return static_cast<int64_t>(next);
+      }
+    }
+  }
+
+  void start_helpers(int count) {
+    while (static_cast<int>(helpers_.size()) < count) {
+      const int index = static_cast<int>(helpers_.size()) + 1;
+      helpers_.emplace_back([this, index] { helper_loop(index); });
+      helpers_.back().detach();
+    }
+  }
+
+  void helper_loop(int index) {
+    uint64_t seen = 0;
+    while (true) {
+      uint64_t gen = (state_.load(std::memory_order_acquire) >> 40);
+      // Spin a while (a decode step's matmuls come tens of microseconds apart), then sleep.
+      for (int spin = 0; gen == seen && spin < kSpins; ++spin) {
+        _mm_pause();
+        gen = state_.load(std::memory_order_acquire) >> 40;
+      }
+      if (gen == seen) {
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        num_sleeping_.fetch_add(1, std::memory_order_seq_cst);
+        wake_.wait(lock, [&] { return (state_.load(std::memory_order_seq_cst) >> 40) != seen; });
+        num_sleeping_.fetch_sub(1, std::memory_order_seq_cst);
+        continue;
+      }
+      seen = gen;
+      if (index > max_helper_) continue;  // this job asked for fewer threads
+      const Fn fn = fn_;
+      void* ctx = ctx_;
+      int64_t finished = 0;
+      for (int64_t c; (c = claim(gen)) >= 0; ++finished) {
+        // The claim succeeded, so job `gen` cannot end before this chunk: fn_ and ctx_ stand.
+        fn(ctx, c);
+      }
+      if (finished) done_.fetch_add(finished, std::memory_order_acq_rel);
+    }
+  }
+
+  static constexpr int kSpins = 4000;  // some tens of microseconds of pause
+  std::mutex run_mutex_, sleep_mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> helpers_;
+  std::atomic<uint64_t> state_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> num_sleeping_{0};
+  uint64_t generation_ = 0;
+  std::atomic<int> max_helper_{0};
+  std::atomic<Fn> fn_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+};
+
+// Splits [0, n) into chunks of `grain` or more and runs body(begin, end) over them in parallel.
+template <class Body>
+void parallel_chunks(int64_t n, int64_t grain, const Body& body) {
+  const int threads = at::get_num_threads();
+  const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(grain, 1));
+  const int64_t num_chunks = std::min<int64_t>(max_chunks, 8 * threads);  // load balance
+  struct Ctx {
+    const Body* body;
+    int64_t n, num_chunks;
+  } ctx{&body, n, num_chunks};
+  ChunkPool::get().run(num_chunks, threads, [](void* p, int64_t c) {
+    const Ctx& k = *static_cast<Ctx*>(p);
+    (*k.body)(c * k.n / k.num_chunks, (c + 1) * k.n / k.num_chunks);
+  }, &ctx);
+}
 
 // GGML type ids, as gguf.GGMLQuantizationType numbers them.
 constexpr int64_t kQ4_0 = 2;
@@ -203,8 +332,126 @@ TileFn tile_fn(int mr, int nr) {
   }
 }
 
+// ---- Few-row path (decode): weights dequantized in registers, never stored. ----
+// Each legacy format's block as four 8-float vectors, the exact values dequant() writes.
+inline void regs(Q4_0, const uint8_t* b, __m256 w[4]) {
+  const __m256 d = _mm256_set1_ps(half_at(b));
+  // Byte j of the 16 to dword lane j: the low 128-bit lane takes bytes 0-3 (or 8-11), the high
+  // lane bytes 4-7 (12-15), each zero-extended; low nibbles are weights 0-15, high 16-31.
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+  const __m256i sel0 = _mm256_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1,
+                                        4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7, -1, -1, -1);
+  const __m256i sel1 = _mm256_add_epi32(sel0, _mm256_set1_epi32(8));
+  const __m256i mask = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8);
+  const __m256i a = _mm256_shuffle_epi8(v, sel0), c = _mm256_shuffle_epi8(v, sel1);
+  w[0] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(a, mask), eight)));
+  w[1] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c, mask), eight)));
+  w[2] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(a, 4), eight)));
+  w[3] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c, 4), eight)));
+}
+
+inline void regs(Q4_1, const uint8_t* b, __m256 w[4]) {
+  uint32_t dm;  // d and m converted together
+  std::memcpy(&dm, b, sizeof dm);
+  const __m128 dmf = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dm)));
+  const __m256 d = _mm256_broadcastss_ps(dmf);
+  const __m256 m = _mm256_broadcastss_ps(_mm_movehdup_ps(dmf));
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 4)));
+  const __m256i sel0 = _mm256_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1,
+                                        4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7, -1, -1, -1);
+  const __m256i sel1 = _mm256_add_epi32(sel0, _mm256_set1_epi32(8));
+  const __m256i mask = _mm256_set1_epi32(0x0F);
+  const __m256i a = _mm256_shuffle_epi8(v, sel0), c = _mm256_shuffle_epi8(v, sel1);
+  // One fma, as in dequant(): d * q is exact, so it rounds like the reference's (d * q) + m.
+  w[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(a, mask)), m);
+  w[1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(c, mask)), m);
+  w[2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)), m);
+  w[3] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4)), m);
+}
+
+inline void regs(Q8_0, const uint8_t* b, __m256 w[4]) {
+  const __m256 d = _mm256_set1_ps(half_at(b));
+  for (int i = 0; i < 4; ++i) {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * i));
+    w[i] = _mm256_mul_ps(d, i8x8(v));
+  }
+}
+
+template <class F>
+constexpr bool kInRegisters = F::QK == 32;
+
+// out[m][j] = dot(x row m, weight row j) for MR activation rows and NR weight rows.
+template <class F, int MR, int NR>
+void few_rows_tile(const float* x, int64_t K, const uint8_t* w, int64_t row_bytes, float* out,
+                   int64_t ldo) {
+  __m256 acc[MR][NR][2];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < NR; ++j) acc[m][j][0] = acc[m][j][1] = _mm256_setzero_ps();
+  const int64_t num_blocks = K / F::QK;
+  if constexpr (kInRegisters<F>) {
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      const float* xb = x + b * 32;
+      for (int j = 0; j < NR; ++j) {
+        __m256 wv[4];
+        regs(F{}, w + j * row_bytes + b * F::BYTES, wv);
+        for (int m = 0; m < MR; ++m)
+          for (int s = 0; s < 4; ++s)
+            acc[m][j][s & 1] =
+                _mm256_fmadd_ps(wv[s], _mm256_loadu_ps(xb + m * K + 8 * s), acc[m][j][s & 1]);
+      }
+    }
+  } else {  // K-quants: one 256-value block at a time through an L1 buffer
+    alignas(32) float buf[F::QK];
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      const float* xb = x + b * F::QK;
+      for (int j = 0; j < NR; ++j) {
+        F::dequant(w + j * row_bytes + b * F::BYTES, buf);
+        for (int m = 0; m < MR; ++m)
+          for (int s = 0; s < F::QK / 8; ++s)
+            acc[m][j][s & 1] = _mm256_fmadd_ps(_mm256_load_ps(buf + 8 * s),
+                                               _mm256_loadu_ps(xb + m * K + 8 * s),
+                                               acc[m][j][s & 1]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < NR; ++j) out[m * ldo + j] = hsum(_mm256_add_ps(acc[m][j][0], acc[m][j][1]));
+}
+
+constexpr int kFewRows = 4;  // up to this many activation rows take the register path
+constexpr int kFewNR = 4;    // weight rows per pass: each x vector loaded serves all four
+
+template <class F, int MR>
+void few_rows_pass(const float* x, int64_t K, const uint8_t* w, int64_t row_bytes, int64_t n0,
+                   int64_t n1, float* out, int64_t N) {
+  int64_t n = n0;
+  for (; n + kFewNR <= n1; n += kFewNR)
+    few_rows_tile<F, MR, kFewNR>(x, K, w + n * row_bytes, row_bytes, out + n, N);
+  for (; n < n1; ++n) few_rows_tile<F, MR, 1>(x, K, w + n * row_bytes, row_bytes, out + n, N);
+}
+
+template <class F>
+void few_rows_matmul(const float* x, int64_t M, const uint8_t* w, int64_t N, int64_t K,
+                     float* out) {
+  const int64_t row_bytes = K / F::QK * F::BYTES;
+  const int64_t num_groups = (N + kFewNR - 1) / kFewNR;
+  // One parallel region: the output rows split evenly, a grain that keeps tiny ones on one
+  // thread (a fork costs more than a 64-row GEMV).
+  const int64_t grain = std::max<int64_t>(1, 16384 / (K * M));
+  parallel_chunks(num_groups, grain, [&](int64_t g0, int64_t g1) {
+    const int64_t n0 = g0 * kFewNR, n1 = std::min(N, g1 * kFewNR);
+    switch (M) {
+      case 1: return few_rows_pass<F, 1>(x, K, w, row_bytes, n0, n1, out, N);
+      case 2: return few_rows_pass<F, 2>(x, K, w, row_bytes, n0, n1, out, N);
+      case 3: return few_rows_pass<F, 3>(x, K, w, row_bytes, n0, n1, out, N);
+      default: return few_rows_pass<F, 4>(x, K, w, row_bytes, n0, n1, out, N);
+    }
+  });
+}
+
 template <class F>
 void matmul(const float* x, int64_t M, const uint8_t* w, int64_t N, int64_t K, float* out) {
+  if (M <= kFewRows) return few_rows_matmul<F>(x, M, w, N, K, out);
   const int64_t row_bytes = K / F::QK * F::BYTES;
   const int64_t num_groups = (N + kNR - 1) / kNR;
   at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {

@@ -80,6 +80,23 @@ def test_matmul_matches_dequantize_then_matmul(qtype: Q, num_rows: int) -> None:
             assert (ours - expected).abs().max() <= REL_TOL * scale, (num_out, num_cols)
 
 
+@pytest.mark.parametrize("num_rows", [1, 3])  # the few-row kernel, its chunks on two threads
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_wide_matmul_split_across_threads(qtype: Q, num_rows: int) -> None:
+    num_out, num_cols = 4099, odd_widths(qtype)[2]  # many chunks, and a tail of 3 rows
+    weight = packed_weight(qtype, num_out, num_cols, seed=num_rows)
+    x = torch.randn(num_rows, num_cols, generator=torch.Generator().manual_seed(num_rows))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [weight(x) for _ in range(3)]
+    finally:
+        torch.set_num_threads(previous)
+    expected = x @ reference(weight).T
+    assert (runs[0] - expected).abs().max() <= REL_TOL * expected.abs().max()
+    assert all(torch.equal(run, runs[0]) for run in runs)  # every chunk written, every time
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
 def test_rows_are_an_embedding_lookup(qtype: Q) -> None:
     weight = packed_weight(qtype, 29, odd_widths(qtype)[1])
