@@ -80,6 +80,9 @@ class GenerateSpec:
     prefill_only: bool = False  # warm the KV of the prompt, sample nothing, record nothing
     return_token_ids: bool = False
     record: bool = True  # append this turn to the session's transcript when it completes
+    # Leave the session's first N messages out of the prompt (a summary of them in `system`
+    # stands in for them); the stored transcript keeps every message and gets the turn.
+    history_start: int = 0
 
 
 class SessionAccess(Protocol):
@@ -168,6 +171,12 @@ class PluginHost(Protocol):
 
     def generate(self, tenant: str, spec: GenerateSpec) -> AsyncIterator[TurnEvent]:
         """A turn that answers no client (a background summary); same semantics otherwise."""
+        ...
+
+    def max_prompt_tokens(self) -> int:
+        """The most tokens a turn's prompt may have (the model's context window, or the
+        server's lower cap): a longer one is refused with prompt_too_long. ProtocolError
+        (not_ready) before the model is loaded."""
         ...
 
     async def score(

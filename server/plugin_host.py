@@ -156,6 +156,9 @@ class ServerPluginHost:
             received_at=time.monotonic(),
         ))  # fmt: skip
 
+    def max_prompt_tokens(self) -> int:
+        return self._runner().max_prompt_tokens
+
     async def score(
         self,
         tenant: str,

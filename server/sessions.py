@@ -80,15 +80,16 @@ class Session:
         return f"{self.tenant}\x1f{self.session_id}"
 
     def prompt_messages(
-        self, new: Sequence[ChatMessage], *, system: str | None = None
+        self, new: Sequence[ChatMessage], *, system: str | None = None, history_start: int = 0
     ) -> list[ChatMessage]:
         """System prompt + history + the new turn's messages, ready for the chat template.
 
-        A plugin's own system prompt (an NPC's card) takes the place of the session's.
+        A plugin's own system prompt (an NPC's card) takes the place of the session's; the
+        history's first `history_start` messages are left out (a plugin summarised them).
         """
         system = system if system is not None else self.metadata.get(SYSTEM_KEY)
         head = [ChatMessage(role=Role.SYSTEM, content=system)] if system else []
-        return [*head, *self.messages, *new]
+        return [*head, *self.messages[history_start:], *new]
 
 
 class SessionStore:

@@ -151,6 +151,11 @@ def sampling_params(spec: GenerateSpec, default_max_tokens: int) -> engine_types
         raise _invalid("sampling", str(exc)) from None
 
 
+def _no_transcript(output_ids: Sequence[int]) -> None:
+    """A turn whose prompt left history out: the next turn renders its messages anew."""
+    return None
+
+
 class Turn:
     """A submitted turn. Iterate it for its frames: deltas, then one done."""
 
@@ -163,7 +168,7 @@ class Turn:
         session: Session | None,
         sessions: SessionStore,
         metrics: ServerMetrics,
-        transcript: Callable[[Sequence[int]], Transcript],
+        transcript: Callable[[Sequence[int]], Transcript | None],
     ) -> None:
         self.spec = spec
         self.received_at = received_at  # time.monotonic() when the request's frame arrived
@@ -294,8 +299,14 @@ class TurnRunner:
                     ErrorCode.TOO_MANY_REQUESTS,
                     f"session {spec.session_id!r} already has a turn in flight",
                 )
-            messages = session.prompt_messages(spec.messages, system=spec.system)
-        history = session.transcript if session is not None else None
+            if spec.history_start < 0:
+                raise _invalid("history_start", "must be >= 0")
+            messages = session.prompt_messages(
+                spec.messages, system=spec.system, history_start=spec.history_start
+            )
+        # A prompt without part of the history is not the transcript's continuation.
+        cut = spec.history_start > 0
+        history = session.transcript if session is not None and not cut else None
         prompt = self._encode(messages, spec.prompt, history)
         prompt_ids = prompt.token_ids
         if len(prompt_ids) > self.max_prompt_tokens:
@@ -329,7 +340,7 @@ class TurnRunner:
             session=session,
             sessions=self._sessions,
             metrics=self._metrics,
-            transcript=partial(self._llm.continue_transcript, prompt),
+            transcript=_no_transcript if cut else partial(self._llm.continue_transcript, prompt),
         )
 
     async def score(

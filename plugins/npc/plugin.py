@@ -11,11 +11,9 @@ object, per connection, only while they run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 
 from plugins.api import (
@@ -32,9 +30,10 @@ from protocol import ChatMessage, ErrorCode, PluginFrame, Priority, ProtocolErro
 from protocol.payload import PayloadReader, choice, integer, mapping, number, string
 
 from .cards import Card, CardError
-from .library import SAMPLE_CARDS, CardLibrary, load_folder
+from .library import CardLibrary, load_folder
 from .markup import reply_grammar
 from .memory import Memory, remember
+from .prefills import Prefills
 from .prompt import session_note, system_prompt
 from .records import (
     WORLD_KEY,
@@ -45,7 +44,9 @@ from .records import (
 )
 from .reply import heard
 from .scenes import Scenes
-from .turn import ReplyStream, Stoppable
+from .settings import NpcSettings
+from .summary import Summaries, summary_block
+from .turn import ReplyStream
 from .wire import frame, invalid, memory_payload, read_id, read_line, read_session_id
 
 _GENERATE = (
@@ -70,25 +71,21 @@ class NpcPlugin(BasePlugin):
     scopes = SCOPES
 
     def __init__(self, settings: Mapping[str, object] | None = None) -> None:
-        settings = settings or {}
-        folder = settings.get("cards", str(SAMPLE_CARDS))
-        if not isinstance(folder, str):
-            raise ValueError(f"npc.cards must be a folder's path, got {folder!r}")
-        self.max_tokens = _setting_int(settings, "max_tokens", 64)  # a reply's default cap
-        self.temperature = _setting_float(settings, "temperature", 0.7)  # unless npc.say says
-        self.lore_window = _setting_int(settings, "lore_window", 4)  # lines that trigger lore
-        lead = settings.get("lead_emotion", True)  # every reply opens with an emotion
-        if not isinstance(lead, bool):
-            raise ValueError(f"npc.lead_emotion must be true or false, got {lead!r}")
-        self.lead_emotion = lead
-        self.library = CardLibrary(load_folder(Path(folder)))
+        config = NpcSettings.from_mapping(settings or {})
+        self.max_tokens = config.max_tokens
+        self.temperature = config.temperature
+        self.lore_window = config.lore_window
+        self.lead_emotion = config.lead_emotion
+        self.summaries = Summaries(
+            summarize_at=config.summarize_at,
+            keep_recent=config.keep_recent,
+            max_tokens=config.summary_max_tokens,
+        )
+        self.library = CardLibrary(load_folder(config.cards))
         self._host: PluginHost | None = None
-        # Running work, keyed by who may stop it: replies by (connection, request id), the
-        # prefill of a session by (tenant, session id).
+        # Running replies, keyed by who may stop them: (connection, request id).
         self._replies: dict[tuple[str, str], tuple[str, ReplyStream]] = {}
-        self._prefills: dict[tuple[str, str], Stoppable[object]] = {}
-        # The newest partial line of a session whose prefill is still running waits here.
-        self._waiting: dict[tuple[str, str], asyncio.Future[bool]] = {}
+        self.prefills = Prefills()  # by (tenant, session id)
         self.scenes = Scenes(
             self._card,
             max_tokens=self.max_tokens,
@@ -133,26 +130,42 @@ class NpcPlugin(BasePlugin):
         if opened:
             await ctx.send(self._session_frame(request_id, record, card, resumed=False))
         session_id = record.session_id
-        await self._stop_prefill(ctx.tenant, session_id)
+        await self.prefills.stop((ctx.tenant, session_id))
         messages = await self._turn_messages(ctx, card, session_id, text)
-        spec = GenerateSpec(
-            request_id=request_id,
-            messages=messages,
-            system=system_prompt(card, record.player, record.memory),
-            session_id=session_id,
-            sampling=Sampling(
-                temperature=self.temperature if temperature is None else temperature, seed=seed
-            ),
-            max_tokens=max_tokens,
-            constraint=Constraint.grammar(reply_grammar(card, lead_emotion=self.lead_emotion)),
-        )
         reply = ReplyStream(card, ctx.send)
         key = (ctx.connection_id, request_id)
         self._replies[key] = (session_id, reply)
         try:
-            done = await reply.stream(ctx, spec)
+            for keep in (None, min(2, self.summaries.keep_recent), 0):
+                if keep is not None:  # too long even so: make room now, then again
+                    await self.summaries.make_room(ctx, card, record.player, session_id, keep=keep)
+                system, history_start = await self._context(ctx, card, record)
+                spec = GenerateSpec(
+                    request_id=request_id,
+                    messages=messages,
+                    system=system,
+                    history_start=history_start,
+                    session_id=session_id,
+                    sampling=Sampling(
+                        temperature=self.temperature if temperature is None else temperature,
+                        seed=seed,
+                    ),
+                    max_tokens=max_tokens,
+                    constraint=Constraint.grammar(
+                        reply_grammar(card, lead_emotion=self.lead_emotion)
+                    ),
+                )
+                try:
+                    done = await reply.stream(ctx, spec)
+                    break
+                except ProtocolError as exc:
+                    if exc.code is not ErrorCode.PROMPT_TOO_LONG or keep == 0:
+                        raise
         finally:
             del self._replies[key]
+        if done is not None and done.usage is not None:
+            used = done.usage.num_prompt_tokens + done.usage.num_completion_tokens
+            self.summaries.after_turn(ctx, card, record.player, session_id, used)
         cut = heard(reply.pieces, heard_chars=reply.heard_chars)
         if done is None:  # interrupted: the server keeps nothing of a cancelled turn
             said = (ChatMessage(role=Role.ASSISTANT, content=cut.markup),) if cut.markup else ()
@@ -213,68 +226,55 @@ class NpcPlugin(BasePlugin):
         if speaking:  # the NPC is still talking: the say after this line prefills itself
             await ctx.send(frame("npc.typed", request_id, **answer))
             return
-        # A running prefill is left to finish (its blocks serve the newer line too: cut short,
-        # a prefill loses its last partial block, which for a short line is all of it); the
-        # newest line waits for it, an older waiting one is superseded, never queued.
-        if key in self._prefills and (not await self._wait_turn(key) or key in self._prefills):
+        # A running prefill is left to finish; an older waiting line is superseded.
+        if not await self.prefills.my_turn(key):
             await ctx.send(frame("npc.typed", request_id, **answer | {"superseded": True}))
             return
         messages = await self._turn_messages(ctx, card, session_id, text)
+        system, history_start = await self._context(ctx, card, record)
         spec = GenerateSpec(
             request_id=request_id,
             messages=messages,
-            system=system_prompt(card, record.player, record.memory),
+            system=system,
+            history_start=history_start,
             session_id=session_id,
             max_tokens=1,
             priority=Priority.BACKGROUND,
             prefill_only=True,
             record=False,
         )
-        prefill: Stoppable[object] = Stoppable()
-        self._prefills[key] = prefill
 
         async def warm() -> object:
-            async for _ in ctx.generate(spec):
-                pass
+            try:
+                async for _ in ctx.generate(spec):
+                    pass
+            except ProtocolError as exc:
+                if exc.code is not ErrorCode.PROMPT_TOO_LONG:
+                    raise
+                # The say makes room; a summary started now is ready sooner.
+                self.summaries.after_turn(ctx, card, record.player, session_id, 1 << 30)
+                return False
             return True
 
-        try:
-            finished = await prefill.run(warm)
-        finally:
-            if self._prefills.get(key) is prefill:
-                del self._prefills[key]
-            self._wake(key, run=True)
+        finished = await self.prefills.run(key, warm)
         await ctx.send(
             frame(
                 "npc.typed",
                 request_id,
                 session_id=session_id,
-                prefilled=finished is not None,
+                prefilled=finished is True,
                 superseded=finished is None,
             )
         )
 
-    def _wait_turn(self, key: tuple[str, str]) -> asyncio.Future[bool]:
-        """Wait for the session's running prefill to end: True to run next, False when a
-        newer line or a say came first."""
-        self._wake(key, run=False)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting[key] = future
-        return future
-
-    def _wake(self, key: tuple[str, str], *, run: bool) -> None:
-        future = self._waiting.pop(key, None)
-        if future is not None and not future.done():
-            future.set_result(run)
-
-    async def _stop_prefill(self, tenant: str, session_id: str) -> None:
-        """A say (or close) of the session: it supersedes the waiting line and the running
-        prefill (the engine keeps the full blocks that prefill computed)."""
-        key = (tenant, session_id)
-        self._wake(key, run=False)
-        prefill = self._prefills.pop(key, None)
-        if prefill is not None:
-            await prefill.stop()
+    async def _context(
+        self, ctx: PluginContext, card: Card, record: SessionRecord
+    ) -> tuple[str, int]:
+        """A turn's system prompt and where its history starts: the card, the player, and
+        the notes standing for the lines a summary covers."""
+        summary = await self.summaries.current(ctx.store, record.session_id)
+        system = system_prompt(card, record.player, record.memory) + summary_block(summary)
+        return system, summary.upto
 
     async def _turn_messages(
         self, ctx: PluginContext, card: Card, session_id: str, text: str
@@ -361,7 +361,7 @@ class NpcPlugin(BasePlugin):
 
     async def _close(self, read: PayloadReader, ctx: PluginContext) -> None:
         record, _, _ = await self._session(read, ctx, open_missing=False)
-        await self._stop_prefill(ctx.tenant, record.session_id)
+        await self.prefills.stop((ctx.tenant, record.session_id))
         memory = await self._end_session(ctx.store, record.session_id)
         # A server session that already expired leaves the memory written all the same.
         with contextlib.suppress(ProtocolError):
@@ -376,6 +376,7 @@ class NpcPlugin(BasePlugin):
         record = await self._record(store, session_id)
         if record is None or not await store.delete(session_key(session_id)):
             return None
+        await self.summaries.forget(store, session_id)
         card = await self.library.get(store, record.card_id)
         if card is None:  # a defined card deleted since: nothing to weigh emotions with
             return None
@@ -417,6 +418,7 @@ class NpcPlugin(BasePlugin):
         if await self._record(store, session_id) is not None:
             fresh = SessionRecord(session_id=session_id, card_id=card_id, player=player)
             await store.set(session_key(session_id), fresh.to_json())
+            await self.summaries.forget(store, session_id)
 
     # --- cards, events, world -------------------------------------------------------------
 
@@ -463,17 +465,3 @@ async def _world(store: Store) -> Mapping[str, str]:
     if not isinstance(raw, dict):
         return {}
     return {k: v for k, v in raw.items() if isinstance(v, str)}
-
-
-def _setting_int(settings: Mapping[str, object], name: str, default: int) -> int:
-    value = settings.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"npc.{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _setting_float(settings: Mapping[str, object], name: str, default: float) -> float:
-    value = settings.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
-        raise ValueError(f"npc.{name} must be a number in [0, 2], got {value!r}")
-    return float(value)

@@ -17,7 +17,8 @@ from plugins.npc.cards import load_card
 from plugins.npc.markup import Action, Emotion, parse_span
 from plugins.npc.prompt import system_prompt
 from plugins.npc.records import SessionRecord, session_key
-from protocol import Delta, Done, ErrorFrame, PluginFrame, ServerFrame
+from plugins.npc.summary import Summary, summary_key
+from protocol import Delta, Done, ErrorFrame, PluginFrame, Role, ServerFrame
 from server.app import BanterboxServer
 
 # A small card: the tiny model reads bytes, and its prompt must fit.
@@ -370,3 +371,59 @@ async def test_a_scene_reaches_every_subscribed_connection(model: Path, cards: P
         assert [p["speaker"] for p in lines] == ["bob", "cook"]  # type: ignore[index]
         missing = await ask(a, {"type": "npc.scene.advance", "id": "x", "scene_id": "nowhere"})
         assert isinstance(missing[-1], ErrorFrame) and missing[-1].code == "invalid_field"
+
+
+WINDOW = 1024
+SESSION = "npc:guard:ann"
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1k context: a few lines of the tiny model (it reads bytes) fill it."""
+    config = TinyConfig(max_position=WINDOW)
+    folder = tmp_path_factory.mktemp("small-model")
+    return write_gguf(folder / "tiny.gguf", config, random_hf_tensors(config))
+
+
+def summary_config(cards: Path) -> Any:
+    npc = {"cards": str(cards), "summarize_at": 0.5, "keep_recent": 2, "summary_max_tokens": 24}
+    return fast_config(
+        plugins={"enabled": ["chat", "npc"], "settings": {"npc": npc}},
+        engine={"kv_cache_mib": 64},
+    )
+
+
+async def test_a_long_history_is_summarised_and_never_refused(
+    cards: Path, small_model: Path
+) -> None:
+    """Older lines are summarised in the background and left out of the prompt; the stored
+    transcript stays exact, and no turn fails for the history's length."""
+    base = {"npc": "guard", "player": "ann"}
+    config = summary_config(cards)
+    async with running_server(small_model, config) as server, raw_client(server) as ws:
+        store = store_of(server)
+        said = []
+        for index in range(10):  # about 3x the window of narration and lines
+            event = f"Event {index}: " + "the rain goes on and the road floods " * 3
+            noted = await ask(ws, {"type": "npc.event", "id": f"e{index}", **base, "text": event})
+            assert isinstance(noted[-1], PluginFrame) and noted[-1].type == "npc.noted"
+            typed = await ask(ws, {"type": "npc.typing", "id": f"t{index}", **base, "text": "Go"})
+            assert isinstance(typed[-1], PluginFrame) and typed[-1].type == "npc.typed", typed
+            line = f"Line {index}: where does the road go?"
+            frames = await ask(
+                ws, {"type": "npc.say", "id": f"s{index}", **base, "text": line, "max_tokens": 8}
+            )
+            done = frames[-1]
+            assert isinstance(done, Done), done  # never prompt_too_long
+            assert done.usage is not None and done.usage.num_prompt_tokens < WINDOW
+            said += [event, line]
+        # The background summary landed: it covers the older lines, the newest stay verbatim.
+        raw = await store.get(summary_key(SESSION))
+        assert isinstance(raw, str)
+        summary = Summary.from_json(raw)
+        assert summary.text and summary.upto > 0
+        # The stored transcript is exact: every narration and line, in order, none cut.
+        messages = server.sessions.get("default", SESSION).messages
+        kept = [m.content for m in messages if m.role is Role.USER or "In the game" in m.content]
+        assert kept == [t if t.startswith("Line") else f"(In the game: {t})" for t in said]
+        assert summary.upto < len(messages)
