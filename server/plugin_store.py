@@ -7,6 +7,7 @@ read another plugin's keys nor another tenant's.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 
 from .store import JSONValue, Store
 
@@ -37,6 +38,9 @@ class PluginStore:
 
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
         return await self._store.incr(self._ns, key, amount, ttl_s)
+
+    async def incr_windows(self, windows: Sequence[tuple[str, float]]) -> builtins.list[int]:
+        return await self._store.incr_windows(self._ns, windows)
 
     async def append(self, key: str, value: JSONValue, *, max_len: int | None = None) -> None:
         await self._store.append(self._ns, key, value, max_len)

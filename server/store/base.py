@@ -11,7 +11,8 @@ Exceptions (every backend raises only these):
 Two users share one store. Sessions (`*_session` methods) are keyed by tenant and session id.
 The plugin store is a key-value space per namespace `ns`, an opaque string the server builds
 from the plugin's name and the tenant (server/plugin_store.py), so plugins never share keys:
-values are JSON-compatible, may carry a TTL, counters are atomic, logs are append-only lists
+values are JSON-compatible, may carry a TTL, counters are atomic (short-window counters
+for rate limits are cheaper, and on unshared backends not durable), logs are append-only lists
 with an optional length cap, and topics fan messages out to every subscriber (on every
 replica, for a shared backend). Values and logs are two key spaces under one namespace:
 `delete` removes both, `list` names both. Log ranges are inclusive, as Redis' LRANGE:
@@ -23,7 +24,7 @@ from __future__ import annotations
 import abc
 import builtins
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias
@@ -157,6 +158,19 @@ class Store(abc.ABC):
     async def incr(self, ns: str, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         """Add atomically (absent counts as 0) and return the new value. `ttl_s` is set when
         the increment creates the key (a fixed window, as rate limiters count)."""
+
+    @abc.abstractmethod
+    async def incr_windows(
+        self, ns: str, windows: Sequence[tuple[str, float]]
+    ) -> builtins.list[int]:
+        """Count one in each short-window counter (key, ttl_s) and return the new counts, in
+        one call. A window starts at its first count and ends ttl_s later (required).
+
+        Made for rate limits (flood, duplicates), not for state that must outlive a crash:
+        on a shared backend (Redis) the counts are atomic and agree across replicas, as
+        `incr`; on the others they live in this process only (no disk write; a restart
+        forgets the open windows, at most ttl_s of history). Windows are a key space of
+        their own: `get`, `list` and `delete` do not see them."""
 
     @abc.abstractmethod
     async def append(self, ns: str, key: str, value: JSONValue, max_len: int | None = None) -> None:

@@ -20,9 +20,10 @@ from .codec import (
     load_value,
 )
 from .fanout import Fanout
+from .windows import LocalWindows
 
 
-class MemoryStore(Store):
+class MemoryStore(LocalWindows, Store):
     kind = "memory"
 
     def __init__(self, *, clock: Callable[[], float] = time.time, max_queue: int = 1024) -> None:

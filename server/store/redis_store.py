@@ -2,7 +2,8 @@
 only keys under its prefix (default "banterbox:"), so deployments may share one Redis.
 
 Keys: `s:<tenant>:<session id>` (a hash per session, expiring at its `expires_at`),
-`v:<namespace>:<key>` (a JSON string, PX for a TTL), `l:<namespace>:<key>` (a list) and the
+`v:<namespace>:<key>` (a JSON string, PX for a TTL), `w:<namespace>:<key>` (a short-window
+counter, PX its window), `l:<namespace>:<key>` (a list) and the
 pub/sub channel `t:<namespace>:<topic>`; tenant and namespace are percent-quoted, so they hold
 no ":". `incr` is one Lua script (INCRBY, then PEXPIRE only when it created the key), atomic
 across replicas; `append` is RPUSH + LTRIM in one MULTI. Durability is Redis': run it with
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote
 
@@ -45,6 +46,7 @@ from .codec import (
     inclusive_slice,
     load_value,
 )
+from .windows import window_ttl
 
 T = TypeVar("T")
 
@@ -55,6 +57,16 @@ local created = redis.call('EXISTS', KEYS[1]) == 0
 local total = redis.call('INCRBY', KEYS[1], ARGV[1])
 if created and ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return total
+"""
+# KEYS: the windows; ARGV: their TTLs in ms. One script: every window counted atomically.
+_WINDOWS = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local total = redis.call('INCR', key)
+  if total == 1 then redis.call('PEXPIRE', key, ARGV[i]) end
+  counts[i] = total
+end
+return counts
 """
 # The caller's mistakes, as Redis words them; any other error reply means Redis cannot serve.
 _VALUE_ERRORS = ("value is not an integer", "increment or decrement would overflow",
@@ -107,6 +119,7 @@ class RedisStore(Store):
         self._prefix = prefix
         self._scan_count = scan_count
         self._incr = self._redis.register_script(_INCR)
+        self._windows = self._redis.register_script(_WINDOWS)
 
     async def _call(self, op: Awaitable[T]) -> T:
         try:
@@ -216,6 +229,21 @@ class RedisStore(Store):
             cast(Awaitable[int], self._incr(keys=[self._value_key(ns, key)], args=[amount, ttl_ms]))
         )
         return int(total)
+
+    async def incr_windows(
+        self, ns: str, windows: Sequence[tuple[str, float]]
+    ) -> builtins.list[int]:
+        if not windows:
+            return []
+        keys = [self._window_key(ns, key) for key, _ in windows]
+        ttls = [_ms(window_ttl(ttl_s)) for _, ttl_s in windows]
+        counts = await self._call(
+            cast(Awaitable[builtins.list[int]], self._windows(keys=keys, args=ttls))
+        )
+        return [int(count) for count in counts]
+
+    def _window_key(self, ns: str, key: str) -> str:
+        return f"{self._prefix}w:{quote(ns, safe='')}:{check_key(key)}"
 
     async def append(self, ns: str, key: str, value: JSONValue, max_len: int | None = None) -> None:
         log_key, raw, max_len = self._log_key(ns, key), dump_value(value), check_max_len(max_len)

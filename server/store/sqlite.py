@@ -42,6 +42,7 @@ from .codec import (
     load_value,
 )
 from .fanout import Fanout
+from .windows import LocalWindows
 
 T = TypeVar("T")
 _Write = tuple[Callable[[sqlite3.Connection], object], "Future[object]"]
@@ -79,7 +80,7 @@ def _session_of(row: tuple[object, ...]) -> SessionRecord:
     return decode_session(str(tenant), str(session_id), fields)
 
 
-class SqliteStore(Store):
+class SqliteStore(LocalWindows, Store):
     kind = "sqlite"
     durable = True
 

@@ -103,6 +103,27 @@ async def test_incr_is_atomic_and_its_ttl_is_the_window_of_the_first(store: Stor
         await store.incr(NS, "big")
 
 
+async def test_windows_count_atomically_in_one_call_and_end_on_time(store: Store) -> None:
+    calls = [store.incr_windows(NS, [("flood:u1", 5.0), ("dup:u1:x", 5.0)]) for _ in range(50)]
+    results = await asyncio.gather(*calls)
+    assert sorted(r[0] for r in results) == list(range(1, 51))
+    assert [r[0] == r[1] for r in results] == [True] * 50  # both counted in the same call
+    assert await store.incr_windows(NS, [("w", 0.3), ("w", 0.3), ("other", 0.3)]) == [1, 2, 1]
+    await asyncio.sleep(0.15)
+    assert await store.incr_windows(NS, [("w", 0.3)]) == [3]  # does not extend the window
+    await asyncio.sleep(0.3)
+    assert await store.incr_windows(NS, [("w", 0.3)]) == [1]  # a new window
+    assert await store.incr_windows("plugin\x1fmod\x1ftenant-b", [("w", 1.0)]) == [1]
+    assert await store.incr_windows(NS, []) == []
+    # Their own key space: values, logs and listings never see them.
+    assert await store.get(NS, "w") is None
+    assert await store.list(NS, "") == []
+    assert await store.delete(NS, "w") is False
+    for bad in (0, -1.0, float("nan"), None, "5"):
+        with pytest.raises(StoreValueError):
+            await store.incr_windows(NS, [("w", bad)])  # type: ignore[list-item]
+
+
 async def test_logs_append_trim_and_range_inclusively(store: Store) -> None:
     for i in range(10):
         await store.append(NS, "audit", {"i": i}, max_len=5)
