@@ -243,6 +243,21 @@ class PluginContext(Protocol):
         """Send a frame to this connection's client (deltas, done, plugin events)."""
         ...
 
+    def can_call(self, frame_type: str) -> bool:
+        """Whether `call` can reach a plugin for frame_type: the type is in this plugin's
+        `calls` and the plugin that handles it is loaded."""
+        ...
+
+    async def call(self, frame: PluginFrame) -> tuple[ServerFrame, ...]:
+        """Another plugin's service: the server hands FRAME to the plugin that handles its
+        type, for this tenant, as if a client had sent it on this connection, and returns
+        the frames it answered instead of sending them to the client. Give it this request's
+        id, so a cancel reaches the work it starts. A type missing from this plugin's `calls`
+        or handled by no loaded plugin is ProtocolError(unknown_type); the called plugin's
+        refusals raise as its ProtocolError. The caller's API key scope is not asked: the
+        caller decides what its own client may reach through it."""
+        ...
+
 
 @runtime_checkable
 class Plugin(Protocol):
@@ -269,6 +284,9 @@ class BasePlugin:
     api_version: int = PLUGIN_API_VERSION
     frame_types: frozenset[str] = frozenset()
     scopes: Mapping[str, str] = MappingProxyType({})
+    # Other plugins' frame types this one may `ctx.call` (its declared dependencies; each
+    # optional: `ctx.can_call` says whether the plugin that handles it is loaded).
+    calls: frozenset[str] = frozenset()
 
     async def start(self, host: PluginHost) -> None:
         return None

@@ -146,7 +146,14 @@ class BanterboxServer:
             host=self._plugin_hosts[plugin.name],
             sessions=self.sessions,
             topics=self.topics,
+            route=self._plugin_for,
+            calls=getattr(plugin, "calls", frozenset()),
         )
+
+    def _plugin_for(self, frame_type: str) -> tuple[Plugin, ServerPluginHost] | None:
+        """The plugin that handles frame_type and its host: the target of a plugin's call."""
+        plugin = self.plugins.by_type.get(frame_type)
+        return None if plugin is None else (plugin, self._plugin_hosts[plugin.name])
 
     def _engine_stats(self) -> EngineStats | None:
         return self.engine.stats if self.engine is not None else None

@@ -329,12 +329,15 @@ class BanterboxClient:
         seed: int | None = None,
     ) -> PluginStream:
         """One NPC line (the npc plugin): iterate `Delta` (speech only), `npc.emotion` and
-        `npc.action` PluginFrames where they occur, then `Done` (or `npc.interrupted`)."""
+        `npc.action` PluginFrames where they occur, then `Done` (or `npc.interrupted`; with
+        the moderation plugin loaded, `npc.refused` for a blocked line or `npc.replaced` for
+        a reply cut by output moderation)."""
         fields: dict[str, object] = {"session_id": session_id, "max_tokens": max_tokens}
         fields |= {"temperature": temperature, "seed": seed}
         payload: dict[str, object] = {"npc": npc, "player": player, "text": text}
         payload |= {k: v for k, v in fields.items() if v is not None}
-        return self.send_plugin("npc.say", payload, end_types=frozenset({"npc.interrupted"}))
+        ends = frozenset({"npc.interrupted", "npc.refused", "npc.replaced"})
+        return self.send_plugin("npc.say", payload, end_types=ends)
 
     async def call_plugin(
         self, frame_type: str, payload: Mapping[str, object], *, request_id: str | None = None

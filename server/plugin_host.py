@@ -25,7 +25,7 @@ from plugins.api import (
     Store,
     TurnEvent,
 )
-from protocol import ChatMessage, ErrorCode, ProtocolError, ServerFrame
+from protocol import ChatMessage, ErrorCode, PluginFrame, ProtocolError, ServerFrame
 from protocol.messages import RESERVED_NAMESPACES
 from protocol.validate import is_plugin_type
 
@@ -228,16 +228,58 @@ class TenantSessions:
         await self._store.truncate_messages(self._tenant, session_id, num_messages)
 
 
+# A loaded plugin and its host, by a frame type it handles (None: no plugin handles it).
+Route = Callable[[str], "tuple[Plugin, ServerPluginHost] | None"]
+
+
+class _CallPeer:
+    """The caller's connection as a called plugin sees it: turns and cancels are the
+    caller's request's, what it sends comes back to the caller instead of the client."""
+
+    def __init__(self, peer: PluginPeer) -> None:
+        self._peer = peer
+        self.frames: list[ServerFrame] = []
+
+    @property
+    def tenant(self) -> str:
+        return self._peer.tenant
+
+    @property
+    def connection_id(self) -> str:
+        return self._peer.connection_id
+
+    def start_turn(self, spec: GenerateSpec) -> Turn:
+        return self._peer.start_turn(spec)
+
+    def track_turn(self, request_id: str, turn: Turn | None, *, add: bool) -> None:
+        self._peer.track_turn(request_id, turn, add=add)
+
+    async def send_for(self, frame: ServerFrame) -> None:
+        self.frames.append(frame)
+
+    async def push(self, frame: ServerFrame) -> bool:
+        return await self._peer.push(frame)
+
+
 class ConnectionContext:
     """plugins.api.PluginContext for one connection and one plugin."""
 
     def __init__(
-        self, peer: PluginPeer, *, host: ServerPluginHost, sessions: SessionStore, topics: TopicHub
+        self,
+        peer: PluginPeer,
+        *,
+        host: ServerPluginHost,
+        sessions: SessionStore,
+        topics: TopicHub,
+        route: Route | None = None,
+        calls: frozenset[str] = frozenset(),  # the plugin's declared `calls`
     ) -> None:
         self._peer = peer
         self._host = host
         self._sessions = sessions
         self._topics = topics
+        self._route = route
+        self._calls = calls
 
     @property
     def tenant(self) -> str:
@@ -296,3 +338,28 @@ class ConnectionContext:
 
     async def send(self, frame: ServerFrame) -> None:
         await self._peer.send_for(frame)
+
+    def can_call(self, frame_type: str) -> bool:
+        return self._target(frame_type) is not None
+
+    async def call(self, frame: PluginFrame) -> tuple[ServerFrame, ...]:
+        target = self._target(frame.type)
+        if target is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_TYPE,
+                f"plugin {self._host.plugin!r} cannot call {frame.type!r}: not in its `calls`, "
+                "or no loaded plugin handles it",
+            )
+        plugin, host = target
+        peer = _CallPeer(self._peer)
+        called = ConnectionContext(
+            peer, host=host, sessions=self._sessions, topics=self._topics, route=self._route,
+            calls=getattr(plugin, "calls", frozenset()),
+        )  # fmt: skip
+        await plugin.handle(frame, called)
+        return tuple(peer.frames)
+
+    def _target(self, frame_type: str) -> tuple[Plugin, ServerPluginHost] | None:
+        if frame_type not in self._calls or self._route is None:
+            return None
+        return self._route(frame_type)

@@ -24,6 +24,12 @@ line, `CardError("FILE: FIELD: PROBLEM")`. The format (all strings unless said):
     [actions.give_item]                  # the actions it may take: name = identifier
     description = "hand over an item"    # optional
     params = { item = ["sword", "horseshoe"] }  # name = "str" | "int" | "bool" | [choices]
+    [safety]                             # when the moderation plugin is loaded (all optional)
+    input = true                         # moderate the player's lines
+    output = true                        # moderate the replies
+    channel = "npc"                      # the moderation channel whose policy applies
+    refusal = "Brom folds his arms."     # the in-character answer to a blocked line
+    replacement = "Brom grunts."         # what replaces a reply that fails moderation
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,31}")
 CHOICE_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _'.-]{0,39}")
 _TOP_LEVEL = frozenset(
     {"name", "role", "persona", "backstory", "style", "greeting", "examples", "goals"}
-    | {"refuses", "knowledge", "emotions", "actions"}
+    | {"refuses", "knowledge", "emotions", "actions", "safety"}
 )
+_SAFETY = frozenset({"input", "output", "channel", "refusal", "replacement"})
 
 
 class CardError(ValueError):
@@ -76,6 +83,17 @@ class LoreEntry:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Safety:
+    """How the card's lines pass through the moderation plugin, when it is loaded."""
+
+    input: bool = True
+    output: bool = True
+    channel: str = "npc"
+    refusal: str = ""  # "": a line made from the card's name
+    replacement: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Card:
     card_id: str  # the file name without .toml, or the id given to npc.define
     name: str
@@ -91,6 +109,7 @@ class Card:
     lore: tuple[LoreEntry, ...] = ()
     emotions: tuple[tuple[str, float], ...] = ()  # (name, valence)
     actions: tuple[ActionSpec, ...] = ()
+    safety: Safety = Safety()
 
     def valence(self, emotion: str) -> float:
         return dict(self.emotions).get(emotion, 0.0)
@@ -145,6 +164,7 @@ def parse_card(text: str, *, card_id: str, source: str) -> Card:
         lore=reader.lore(knowledge.get("lore", [])),
         emotions=reader.emotions(reader.table(table, "emotions")),
         actions=reader.actions(reader.table(table, "actions")),
+        safety=reader.safety(reader.table(table, "safety")),
     )
 
 
@@ -188,6 +208,22 @@ class _Reader:
             if not isinstance(item, str) or not item.strip():
                 raise self.fail(f"{prefix}{key}[{index}]", "must be a non-empty string")
         return tuple(item.strip() for item in value)
+
+    def safety(self, table: Mapping[str, object]) -> Safety:
+        self.no_unknown(table, _SAFETY, "safety.")
+        for key in ("input", "output"):
+            if not isinstance(table.get(key, True), bool):
+                raise self.fail(f"safety.{key}", "must be true or false")
+        channel = table.get("channel", "npc")
+        if not isinstance(channel, str) or not IDENTIFIER.fullmatch(channel):
+            raise self.fail("safety.channel", "must be a lower-case identifier")
+        return Safety(
+            input=bool(table.get("input", True)),
+            output=bool(table.get("output", True)),
+            channel=channel,
+            refusal=self.text(table, "refusal"),
+            replacement=self.text(table, "replacement"),
+        )
 
     def lore(self, entries: object) -> tuple[LoreEntry, ...]:
         if not isinstance(entries, list):

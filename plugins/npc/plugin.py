@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -26,7 +27,16 @@ from plugins.api import (
     PluginHost,
     Store,
 )
-from protocol import ChatMessage, ErrorCode, PluginFrame, Priority, ProtocolError, Role, Sampling
+from protocol import (
+    ChatMessage,
+    Done,
+    ErrorCode,
+    PluginFrame,
+    Priority,
+    ProtocolError,
+    Role,
+    Sampling,
+)
 from protocol.payload import PayloadReader, choice, integer, mapping, number, string
 
 from .cards import Card, CardError
@@ -36,18 +46,19 @@ from .memory import Memory, remember
 from .prefills import Prefills
 from .prompt import session_note, system_prompt
 from .records import (
-    WORLD_KEY,
     SessionRecord,
     default_session_id,
     memory_key,
     session_key,
 )
 from .reply import heard
+from .safety import MOD_CHECK, Moderation, refusal, replacement
 from .scenes import Scenes
 from .settings import NpcSettings
 from .summary import Summaries, summary_block
 from .turn import ReplyStream
 from .wire import frame, invalid, memory_payload, read_id, read_line, read_session_id
+from .world import set_state, world_vars
 
 _GENERATE = (
     *("say", "interrupt", "typing", "open", "close", "memory", "event", "state"),
@@ -69,6 +80,7 @@ class NpcPlugin(BasePlugin):
     name = "npc"
     frame_types = frozenset(SCOPES)
     scopes = SCOPES
+    calls = frozenset({MOD_CHECK})  # optional: player lines and replies, when loaded
 
     def __init__(self, settings: Mapping[str, object] | None = None) -> None:
         config = NpcSettings.from_mapping(settings or {})
@@ -86,6 +98,7 @@ class NpcPlugin(BasePlugin):
         # Running replies, keyed by who may stop them: (connection, request id).
         self._replies: dict[tuple[str, str], tuple[str, ReplyStream]] = {}
         self.prefills = Prefills()  # by (tenant, session id)
+        self.moderation = Moderation()
         self.scenes = Scenes(
             self._card,
             max_tokens=self.max_tokens,
@@ -111,7 +124,7 @@ class NpcPlugin(BasePlugin):
             "npc.memory": self._memory,
             "npc.define": self._define,
             "npc.event": self._event,
-            "npc.state": self._state,
+            "npc.state": set_state,
             "npc.scene.open": self.scenes.open,
             "npc.scene.say": self.scenes.say,
             "npc.scene.advance": self.scenes.advance,
@@ -127,49 +140,42 @@ class NpcPlugin(BasePlugin):
         max_tokens = read.optional("max_tokens", integer(lo=1, hi=4096)) or self.max_tokens
         temperature = read.optional("temperature", number(lo=0.0, hi=2.0))
         seed = read.optional("seed", integer(lo=0, hi=2**63 - 1))
+        sampling = Sampling(
+            temperature=self.temperature if temperature is None else temperature, seed=seed
+        )
         if opened:
             await ctx.send(self._session_frame(request_id, record, card, resumed=False))
         session_id = record.session_id
         await self.prefills.stop((ctx.tenant, session_id))
+        if self.moderation.applies(ctx, card, output=False) and not await self.moderation.allowed(
+            ctx, request_id, card, record.player, text
+        ):  # the line never reaches the model or the transcript
+            answer = {"session_id": session_id, "text": refusal(card)}
+            await ctx.send(frame("npc.refused", request_id, **answer))
+            return
         messages = await self._turn_messages(ctx, card, session_id, text)
-        reply = ReplyStream(card, ctx.send)
+        check = None
+        if self.moderation.applies(ctx, card, output=True):
+            npc_user = f"npc:{card.card_id}"
+            check = functools.partial(self.moderation.allowed, ctx, request_id, card, npc_user)
+        reply = ReplyStream(card, ctx.send, request_id=request_id, check=check)
         key = (ctx.connection_id, request_id)
         self._replies[key] = (session_id, reply)
         try:
-            for keep in (None, min(2, self.summaries.keep_recent), 0):
-                if keep is not None:  # too long even so: make room now, then again
-                    await self.summaries.make_room(ctx, card, record.player, session_id, keep=keep)
-                system, history_start = await self._context(ctx, card, record)
-                spec = GenerateSpec(
-                    request_id=request_id,
-                    messages=messages,
-                    system=system,
-                    history_start=history_start,
-                    session_id=session_id,
-                    sampling=Sampling(
-                        temperature=self.temperature if temperature is None else temperature,
-                        seed=seed,
-                    ),
-                    max_tokens=max_tokens,
-                    constraint=Constraint.grammar(
-                        reply_grammar(card, lead_emotion=self.lead_emotion)
-                    ),
-                )
-                try:
-                    done = await reply.stream(ctx, spec)
-                    break
-                except ProtocolError as exc:
-                    if exc.code is not ErrorCode.PROMPT_TOO_LONG or keep == 0:
-                        raise
+            done = await self._stream(ctx, reply, card, record, messages, sampling, max_tokens)
         finally:
             del self._replies[key]
         if done is not None and done.usage is not None:
             used = done.usage.num_prompt_tokens + done.usage.num_completion_tokens
             self.summaries.after_turn(ctx, card, record.player, session_id, used)
         cut = heard(reply.pieces, heard_chars=reply.heard_chars)
-        if done is None:  # interrupted: the server keeps nothing of a cancelled turn
-            said = (ChatMessage(role=Role.ASSISTANT, content=cut.markup),) if cut.markup else ()
-            await ctx.sessions.append(session_id, *messages, *said)
+        events = () if reply.cut else cut.events
+        if reply.cut:  # failed output moderation: the NPC said the replacement instead
+            said = ChatMessage(role=Role.ASSISTANT, content=replacement(card))
+            await ctx.sessions.append(session_id, *messages, said)
+        elif done is None:  # interrupted: the server keeps nothing of a cancelled turn
+            kept = (ChatMessage(role=Role.ASSISTANT, content=cut.markup),) if cut.markup else ()
+            await ctx.sessions.append(session_id, *messages, *kept)
         elif reply.splitter.num_dropped:  # a span cut by max_tokens: keep only whole events
             num_messages = len(await ctx.sessions.transcript(session_id))
             await ctx.sessions.truncate(session_id, num_messages - 1)
@@ -177,19 +183,50 @@ class NpcPlugin(BasePlugin):
                 session_id, ChatMessage(role=Role.ASSISTANT, content=cut.markup)
             )
         latest = await self._record(ctx.store, session_id) or record
-        await ctx.store.set(session_key(session_id), latest.after_turn(text, cut.events).to_json())
-        if done is None:
-            await ctx.send(
-                frame(
-                    "npc.interrupted",
-                    request_id,
-                    turn_id=request_id,
-                    heard_chars=len(cut.speech),
-                    text=cut.speech,
-                )
-            )
+        await ctx.store.set(session_key(session_id), latest.after_turn(text, events).to_json())
+        if reply.cut:
+            answer = {"turn_id": request_id, "text": replacement(card)}
+            await ctx.send(frame("npc.replaced", request_id, **answer))
+        elif done is None:
+            interrupted = {"turn_id": request_id, "heard_chars": len(cut.speech)}
+            await ctx.send(frame("npc.interrupted", request_id, **interrupted, text=cut.speech))
         else:
             await ctx.send(done)
+
+    async def _stream(
+        self,
+        ctx: PluginContext,
+        reply: ReplyStream,
+        card: Card,
+        record: SessionRecord,
+        messages: tuple[ChatMessage, ...],
+        sampling: Sampling,
+        max_tokens: int,
+    ) -> Done | None:
+        """The reply's turn; a prompt too long for the context makes room (a summary now,
+        keeping fewer lines each time) and is tried again, so a long history never fails."""
+        for keep in (None, min(2, self.summaries.keep_recent), 0):
+            if keep is not None:
+                await self.summaries.make_room(
+                    ctx, card, record.player, record.session_id, keep=keep
+                )
+            system, history_start = await self._context(ctx, card, record)
+            spec = GenerateSpec(
+                request_id=reply.request_id,
+                messages=messages,
+                system=system,
+                history_start=history_start,
+                session_id=record.session_id,
+                sampling=sampling,
+                max_tokens=max_tokens,
+                constraint=Constraint.grammar(reply_grammar(card, lead_emotion=self.lead_emotion)),
+            )
+            try:
+                return await reply.stream(ctx, spec)
+            except ProtocolError as exc:
+                if exc.code is not ErrorCode.PROMPT_TOO_LONG or keep == 0:
+                    raise
+        raise AssertionError("unreachable: the last try raises")
 
     async def _interrupt(self, read: PayloadReader, ctx: PluginContext) -> None:
         turn_id = read.required("turn_id", string(max_chars=200, non_empty=True))
@@ -283,7 +320,7 @@ class NpcPlugin(BasePlugin):
         spoken = [m.content for m in transcript if m.role is not Role.SYSTEM]
         recent = [*spoken[-self.lore_window :], text]
         already = "\n".join(m.content for m in transcript if m.role is Role.SYSTEM)
-        world = await _world(ctx.store)
+        world = await world_vars(ctx.store)
         note = session_note(card, recent, world, already=already)
         line = ChatMessage(role=Role.USER, content=text)
         return (ChatMessage(role=Role.SYSTEM, content=note), line) if note else (line,)
@@ -438,30 +475,7 @@ class NpcPlugin(BasePlugin):
         await ctx.sessions.append(record.session_id, narration)
         await ctx.send(frame("npc.noted", read.request_id, session_id=record.session_id))
 
-    async def _state(self, read: PayloadReader, ctx: PluginContext) -> None:
-        changes = read.optional("vars", mapping) or {}
-        world = dict(await _world(ctx.store))
-        for key, value in changes.items():
-            if not isinstance(key, str) or not 0 < len(key) <= 64:
-                raise invalid(read.request_id, "vars", "names must be 1-64 character strings")
-            if not isinstance(value, str) or len(value) > 200:
-                raise invalid(read.request_id, f"vars.{key}", "must be a string of <= 200")
-            if value:
-                world[key] = value
-            else:
-                world.pop(key, None)
-        if changes:
-            await ctx.store.set(WORLD_KEY, dict(world))
-        await ctx.send(frame("npc.state", read.request_id, vars=world))
-
 
 async def _memory(store: Store, card_id: str, player: str) -> Memory | None:
     raw = await store.get(memory_key(card_id, player))
     return Memory.from_json(raw) if isinstance(raw, str) else None
-
-
-async def _world(store: Store) -> Mapping[str, str]:
-    raw = await store.get(WORLD_KEY)
-    if not isinstance(raw, dict):
-        return {}
-    return {k: v for k, v in raw.items() if isinstance(v, str)}
