@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import statistics
@@ -110,6 +111,7 @@ async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
     texts = load_lines("chat_messages")
     rng = random.Random(args.seed)
     latencies: list[float] = []
+    actions: collections.Counter[str] = collections.Counter()
     num_sent = 0
     async with BanterboxClient.connect(args.url, api_key=args.api_key) as client:
         require_moderation(client.welcome, args.url)
@@ -138,6 +140,7 @@ async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
                     verdicts = frame.payload["verdicts"]
                     if len(verdicts) != args.batch:
                         raise RuntimeError(f"{len(verdicts)} verdicts for {args.batch} messages")
+                    actions.update(verdict["action"] for verdict in verdicts)
                     break
                 latencies.append(time.perf_counter() - sent)
 
@@ -153,6 +156,7 @@ async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
         "messages_per_s": round(len(latencies) * args.batch / elapsed, 1),
         "batch_latency_p50_ms": round(1000 * statistics.median(ordered), 2),
         "batch_latency_p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 2),
+        "actions": dict(sorted(actions.items())),  # what the verdicts said: the work done
     }
 
 

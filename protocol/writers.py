@@ -35,10 +35,13 @@ from protocol.messages import (
 )
 
 Wire = dict[str, object]
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: object) -> object:
     """Mappings and tuples as the dicts and lists both encoders take."""
+    if type(value) in _SCALARS:  # most of a large payload: one test, not two isinstance
+        return value
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

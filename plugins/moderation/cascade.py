@@ -1,8 +1,8 @@
 """The cascade from a message to its verdict, over the layers and a Store; never the plugin API.
 
 Knows the Store and the layers' own interfaces, never the plugin context: the plugin hands it
-a store, a profanity predictor and (maybe) a judge. A batch is one classifier call and one
-judge call, whatever its size.
+a store, a profanity predictor and (maybe) a judge. A batch is one classifier call, one
+store call for its windows and one judge call, whatever its size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .folding import fold
 from .judge import Ruling
 from .policy import ChannelPolicy
 from .rules import CompiledChannel
-from .state import check_state, strike, take_permit
+from .state import Penalty, Sender, Write, check_windows, count_strikes, take_permit, write_values
 from .store import Store
 from .verdict import Action, Finding, Reason, Source, Verdict
 
@@ -42,6 +42,13 @@ class _Fast:
     findings: tuple[Finding, ...]
     categories: CategoryScores
     joined: str  # the folded text, for the duplicate windows
+    allow: Verdict | None = None  # the verdict, when no layer found anything: shared
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decided:
+    verdicts: list[Verdict]
+    writes: list[Write]  # strike records, to be written before any verdict is sent
 
 
 MemoKey = tuple[int, str, frozenset[str]]
@@ -95,38 +102,74 @@ class Cascade:
         *,
         examples: ExampleModel | None = None,
     ) -> list[Verdict]:
-        policy = channel.policy
-        exempt = [bool(m.roles & policy.exempt_roles) for m in messages]
-        todo = [i for i, skip in enumerate(exempt) if not skip]
-        pure: dict[int, _Fast] = {}
-        misses = []
-        for i in todo:
-            key = (self._memo_scope, messages[i].text, messages[i].roles)
-            hit = self._memo.get(key) if self._memo is not None else None
-            if hit is None:
-                misses.append(i)
-            else:
-                pure[i] = hit
-        profanity = await self._predict([messages[i].text for i in misses])
-        for i, score in zip(misses, profanity, strict=True):
-            pure[i] = self._pure(channel, messages[i], score)
-            if self._memo is not None:
-                self._memo.put((self._memo_scope, messages[i].text, messages[i].roles), pure[i])
-        fast = {
-            i: await self._stateful(channel_name, channel, messages[i], pure[i], examples)
-            for i in todo
-        }
+        """Verdicts in input order, their strikes written."""
+        decided = await self.decide(channel_name, channel, messages, examples=examples)
+        await write_values(self._store, decided.writes)
+        return decided.verdicts
+
+    async def decide(
+        self,
+        channel_name: str,
+        channel: CompiledChannel,
+        messages: Sequence[Message],
+        *,
+        examples: ExampleModel | None = None,
+    ) -> Decided:
+        """Verdicts in input order, and the strike records the caller must write before it
+        acts on them. A batch is one classifier call, one store call for its windows, one
+        round of strike reads and one judge call; a line seen before (memo) is not folded
+        or matched again, and an allowed one reuses its verdict."""
+        exempt_roles = channel.policy.exempt_roles
+        todo = [i for i, m in enumerate(messages) if not (m.roles and m.roles & exempt_roles)]
+        pure = await self._pure_all(channel, [messages[i] for i in todo])
+        stateful = await self._stateful_all(
+            channel_name, channel, [messages[i] for i in todo], pure, examples
+        )
+        fast = dict(zip(todo, stateful, strict=True))
         judged = await self._run_judge(channel, messages, fast)
-        verdicts = []
-        for i, message in enumerate(messages):
-            if exempt[i]:
-                verdicts.append(Verdict(action=Action.ALLOW, score=0.0))
-                continue
-            findings = [*fast[i].findings, *([judged[i]] if i in judged else [])]
-            verdicts.append(
-                await self._decide(channel_name, channel, message, findings, fast[i].categories)
-            )
-        return verdicts
+        verdicts: list[Verdict | None] = []
+        decided: list[tuple[int, _Decision]] = []
+        for i in range(len(messages)):
+            found = fast.get(i)
+            if found is None:  # exempt
+                verdicts.append(_EXEMPT)
+            elif i not in judged and found.allow is not None:
+                verdicts.append(found.allow)
+            else:
+                findings = [*found.findings, *([judged[i]] if i in judged else [])]
+                verdicts.append(None)
+                decided.append((i, _Decision.of(findings, found.categories)))
+        # Escalation: the batch's offences counted together, each user's in input order.
+        escalation = channel.policy.escalation
+        offending = [
+            (i, d) for i, d in decided
+            if escalation.enabled and d.action in ESCALATED
+        ]  # fmt: skip
+        penalties, writes = await count_strikes(
+            self._store, channel.policy, channel_name,
+            [messages[i].user_id for i, _ in offending], now=self._clock(),
+        )  # fmt: skip
+        penalty_of = {i: p for (i, _), p in zip(offending, penalties, strict=True)}
+        for i, decision in decided:
+            verdicts[i] = decision.verdict(penalty_of.get(i))
+        return Decided(verdicts=verdicts, writes=writes)  # type: ignore[arg-type]
+
+    async def _pure_all(self, channel: CompiledChannel, messages: Sequence[Message]) -> list[_Fast]:
+        """The text-only layers of every message: memo hits, then one classifier call for the
+        misses."""
+        memo, scope = self._memo, self._memo_scope
+        found: list[_Fast | None] = [
+            memo.get((scope, m.text, m.roles)) if memo is not None else None for m in messages
+        ]
+        misses = [n for n, hit in enumerate(found) if hit is None]
+        if misses:
+            profanity = await self._predict([messages[n].text for n in misses])
+            for n, score in zip(misses, profanity, strict=True):
+                message = messages[n]
+                found[n] = self._pure(channel, message, score)
+                if memo is not None:
+                    memo.put((scope, message.text, message.roles), found[n])  # type: ignore[arg-type]
+        return found  # type: ignore[return-value]
 
     def _pure(self, channel: CompiledChannel, message: Message, profanity: float) -> _Fast:
         """The layers that depend on the text and roles only (memoised per channel policy)."""
@@ -150,30 +193,51 @@ class Cascade:
                     score=score,
                 )
             )
-        return _Fast(findings=tuple(findings), categories=categories, joined=folded.joined)
+        allow = None
+        if not findings:  # what _decide gives a message nothing else finds anything in
+            scores = dict(categories.scores)
+            allow = Verdict(
+                action=Action.ALLOW, score=max(scores.values(), default=0.0), categories=scores
+            )
+        return _Fast(
+            findings=tuple(findings), categories=categories, joined=folded.joined, allow=allow
+        )
 
-    async def _stateful(
+    async def _stateful_all(
         self,
         channel_name: str,
         channel: CompiledChannel,
-        message: Message,
-        pure: _Fast,
+        messages: Sequence[Message],
+        pure: Sequence[_Fast],
         examples: ExampleModel | None,
-    ) -> _Fast:
-        """The layers that read and count per-user state (link permits, windows), and the
-        channel's example classifier, which learns, so is never memoised."""
-        findings = list(pure.findings)
-        if examples is not None and examples.ready:
-            findings.append(_example_finding(examples, pure.joined, channel.policy))
-        if any(f.reason.name == "links" for f in findings) and await take_permit(
-            self._store, channel_name, message.user_id
-        ):
-            findings = [f for f in findings if f.reason.name != "links"]
-        findings += await check_state(
-            self._store, channel.policy, channel_name, message.user_id, pure.joined,
-            now=self._clock(),
-        )  # fmt: skip
-        return _Fast(findings=tuple(findings), categories=pure.categories, joined=pure.joined)
+    ) -> list[_Fast]:
+        """The layers that read and count per-user state (link permits, windows: one store
+        call for the batch), and the channel's example classifier, which learns, so is never
+        memoised. A message they find nothing in keeps its memoised result."""
+        senders = [
+            Sender(user_id=m.user_id, joined=p.joined) for m, p in zip(messages, pure, strict=True)
+        ]
+        windows = await check_windows(
+            self._store, channel.policy, channel_name, senders, now=self._clock()
+        )
+        learned = examples is not None and examples.ready
+        out: list[_Fast] = []
+        for message, fast, counted in zip(messages, pure, windows, strict=True):
+            links = fast.findings and any(f.reason.name == "links" for f in fast.findings)
+            if not (counted or learned or links):
+                out.append(fast)
+                continue
+            findings = list(fast.findings)
+            if learned:
+                assert examples is not None
+                findings.append(_example_finding(examples, fast.joined, channel.policy))
+            if links and await take_permit(self._store, channel_name, message.user_id):
+                findings = [f for f in findings if f.reason.name != "links"]
+            findings += counted
+            out.append(
+                _Fast(findings=tuple(findings), categories=fast.categories, joined=fast.joined)
+            )
+        return out
 
     async def _run_judge(
         self, channel: CompiledChannel, messages: Sequence[Message], fast: dict[int, _Fast]
@@ -208,30 +272,44 @@ class Cascade:
             )
         return out
 
-    async def _decide(
-        self,
-        channel_name: str,
-        channel: CompiledChannel,
-        message: Message,
-        findings: list[Finding],
-        categories: CategoryScores,
-    ) -> Verdict:
-        acting = [f for f in findings if f.action is not Action.ALLOW]
-        reasons = tuple(f.reason for f in findings)
+
+@dataclass(frozen=True, kw_only=True)
+class _Decision:
+    """One message's verdict before escalation: what its findings say."""
+
+    action: Action
+    duration_s: int
+    score: float
+    categories: dict[str, float]
+    reasons: tuple[Reason, ...]
+    acting: tuple[Finding, ...]
+
+    @classmethod
+    def of(cls, findings: Sequence[Finding], categories: CategoryScores) -> _Decision:
+        acting = tuple(f for f in findings if f.action is not Action.ALLOW)
         scores = dict(categories.scores)
         for finding in findings:  # the judge's and the example classifier's own categories
             if (finding.reason.source, finding.reason.name) in _OWN_CATEGORIES:
                 scores[finding.reason.name] = finding.score
         risk = max([*scores.values(), *(f.score for f in acting)], default=0.0)
-        if not acting:
-            return Verdict(action=Action.ALLOW, score=risk, categories=scores, reasons=reasons)
-        worst = max(acting, key=lambda f: (f.action.severity, f.duration_s))
-        action, duration_s = worst.action, worst.duration_s
-        escalation = channel.policy.escalation
-        if escalation.enabled and action in ESCALATED:
-            penalty = await strike(
-                self._store, channel.policy, channel_name, message.user_id, now=self._clock()
-            )
+        action, duration_s = Action.ALLOW, 0
+        if acting:
+            worst = max(acting, key=lambda f: (f.action.severity, f.duration_s))
+            action, duration_s = worst.action, worst.duration_s
+        reasons = tuple(f.reason for f in findings)
+        return cls(
+            action=action, duration_s=duration_s, score=risk, categories=scores,
+            reasons=reasons, acting=acting,
+        )  # fmt: skip
+
+    def verdict(self, penalty: Penalty | None) -> Verdict:
+        if not self.acting:
+            return Verdict(
+                action=Action.ALLOW, score=self.score, categories=self.categories,
+                reasons=self.reasons,
+            )  # fmt: skip
+        action, duration_s, reasons = self.action, self.duration_s, self.reasons
+        if penalty is not None:
             if penalty.action.severity >= action.severity:
                 duration_s = max(duration_s, penalty.duration_s)
                 action = penalty.action
@@ -241,14 +319,15 @@ class Cascade:
             reasons += (Reason(source=Source.RULE, name="escalation", detail=detail),)
         return Verdict(
             action=action,
-            score=risk,
-            categories=scores,
+            score=self.score,
+            categories=self.categories,
             reasons=reasons,
             duration_s=duration_s if action in (Action.TIMEOUT, Action.BAN) else 0,
-            silent=all(f.silent for f in acting),
+            silent=all(f.silent for f in self.acting),
         )
 
 
+_EXEMPT = Verdict(action=Action.ALLOW, score=0.0)
 _OWN_CATEGORIES = frozenset({(Source.JUDGE, "policy"), (Source.CLASSIFIER, "examples")})
 
 

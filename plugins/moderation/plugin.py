@@ -29,7 +29,7 @@ from .policy import ChannelPolicy, PolicyError, parse_policy, policy_to_wire
 from .profanity import ProfanityModel
 from .rules import CompiledChannel
 from .settings import ModerationSettings
-from .state import PERMIT_S, grant_permit, strike
+from .state import PERMIT_S, grant_permit, strike, write_values
 from .store import Store
 from .verdict import Action, Verdict
 from .wire import FrameReader, WireLimits, answer, verdict_payload
@@ -54,7 +54,8 @@ class ModerationPlugin(BasePlugin):
         )
         self._lexicon = Lexicon()
         self._default = CompiledChannel.compile(ChannelPolicy())
-        self._compiled: dict[Channel, tuple[object, CompiledChannel, int]] = {}
+        # (the stored policy, compiled, its memo scope, when it was read from the store)
+        self._compiled: dict[Channel, tuple[object, CompiledChannel, int, float]] = {}
         # Derived from the policy's examples and the store's decision log; rebuilt on change.
         self._example_models: dict[Channel, ExampleModel] = {}
         # One bound for all channels; entries are scoped by compiled policy (0: the default).
@@ -114,39 +115,32 @@ class ModerationPlugin(BasePlugin):
             clock=time.time,
         )
         examples = await self._example_model(ctx, store, channel, compiled.policy)
-        verdicts = await cascade.check(channel, compiled, messages, examples=examples)
-        for message, verdict in zip(messages, verdicts, strict=True):
-            if verdict.action is not Action.ALLOW:
-                await self._act(ctx, store, compiled.policy, channel, message, verdict)
-        return verdicts
-
-    async def _act(
-        self,
-        ctx: PluginContext,
-        store: Store,
-        policy: ChannelPolicy,
-        channel: str,
-        message: Message,
-        verdict: Verdict,
-    ) -> None:
+        decided = await cascade.decide(channel, compiled, messages, examples=examples)
+        # Acknowledged means durable: the batch's strikes, and each action's audit entry and
+        # hold, are written (together: one commit on SQLite's group commit) before the caller
+        # sends a verdict; subscribers hear of them after that.
+        acting = [
+            (m, v) for m, v in zip(messages, decided.verdicts, strict=True)
+            if v.action is not Action.ALLOW
+        ]  # fmt: skip
         now = time.time()
-        entry: dict[str, object] = {
-            "at": now,
-            "kind": "verdict",
-            "message_id": message.message_id,
-            "user_id": message.user_id,
-            "user_name": message.user_name,
-            "text": message.text,
-            **verdict.to_wire(),
-        }
-        await record(store, channel, entry)
-        if verdict.action is Action.HOLD:
-            await hold(
-                store, channel, {**entry, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s
-            )
-            expiry = self._expire(ctx, channel, message.message_id, policy.hold_s)
-            ctx.spawn(expiry, name=f"mod hold {channel} {message.message_id}")
-        await self._emit(ctx, channel, {**entry, "silent": verdict.silent})
+        entries = [_verdict_entry(m, v, at=now) for m, v in acting]
+        policy = compiled.policy
+        writes = [write_values(store, decided.writes)]
+        writes += [record(store, channel, entry) for entry in entries]
+        writes += [
+            hold(store, channel, {**e, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s)
+            for (_, v), e in zip(acting, entries, strict=True)
+            if v.action is Action.HOLD
+        ]
+        await asyncio.gather(*writes)
+        for message, verdict in acting:
+            if verdict.action is Action.HOLD:
+                expiry = self._expire(ctx, channel, message.message_id, policy.hold_s)
+                ctx.spawn(expiry, name=f"mod hold {channel} {message.message_id}")
+        for (_, verdict), entry in zip(acting, entries, strict=True):  # in order, for dashboards
+            await self._emit(ctx, channel, {**entry, "silent": verdict.silent})
+        return decided.verdicts
 
     async def _expire(
         self, ctx: PluginContext, channel: str, message_id: str, hold_s: float
@@ -222,16 +216,23 @@ class ModerationPlugin(BasePlugin):
         self, ctx: PluginContext, store: Store, channel: str
     ) -> tuple[CompiledChannel, int]:
         """The channel's compiled policy and its memo scope."""
-        raw = await store.get(f"policy:{channel}")
-        if not isinstance(raw, Mapping):
-            return self._default, 0
         key = (ctx.tenant, channel)
         cached = self._compiled.get(key)
-        if cached is not None and cached[0] == raw:
+        now = time.monotonic()
+        if cached is not None and now - cached[3] < self.settings.policy_refresh_s:
             return cached[1], cached[2]
-        compiled = CompiledChannel.compile(parse_policy(raw))
-        self._compiled[key] = (raw, compiled, next(self._scopes))
-        return compiled, self._compiled[key][2]
+        raw = await store.get(f"policy:{channel}")
+        if not isinstance(raw, Mapping):
+            raw = None
+        if cached is not None and cached[0] == raw:
+            self._compiled[key] = (raw, cached[1], cached[2], now)
+            return cached[1], cached[2]
+        if raw is None:
+            compiled, scope = self._default, 0
+        else:
+            compiled, scope = CompiledChannel.compile(parse_policy(raw)), next(self._scopes)
+        self._compiled[key] = (raw, compiled, scope, now)
+        return compiled, scope
 
     async def _config(self, reader: FrameReader, ctx: PluginContext) -> None:
         channel = reader.channel()
@@ -261,6 +262,7 @@ class ModerationPlugin(BasePlugin):
                 reader.fail(f"policy.{exc.field}", str(exc).partition(": ")[2])
             wire = policy_to_wire(policy)
             await store.set(f"policy:{channel}", wire)
+            self._compiled.pop((ctx.tenant, channel), None)  # this replica sees it at once
             self._example_models.pop((ctx.tenant, channel), None)
             entry = {"at": time.time(), "kind": "config", "moderator": _moderator(reader, ctx)}
             await record(store, channel, entry)
@@ -354,6 +356,19 @@ class ModerationPlugin(BasePlugin):
 
     async def _emit(self, ctx: PluginContext, channel: str, event: Mapping[str, object]) -> None:
         await ctx.emit(_topic(channel), answer("mod.action", None, channel=channel, **event))
+
+
+def _verdict_entry(message: Message, verdict: Verdict, *, at: float) -> dict[str, object]:
+    """The audit entry of a verdict that acts (and, with expires_at, its hold)."""
+    return {
+        "at": at,
+        "kind": "verdict",
+        "message_id": message.message_id,
+        "user_id": message.user_id,
+        "user_name": message.user_name,
+        "text": message.text,
+        **verdict.to_wire(),
+    }
 
 
 def _held_entry(held: Mapping[str, object], message_id: str) -> dict[str, object]:

@@ -14,6 +14,9 @@ class ModerationSettings:
     judge_max_inflight: int = 64  # messages the judge may score at once, over all channels
     max_batch_messages: int = 1000  # messages in one mod.check_batch
     max_text_chars: int = 4000  # one message's text
+    # A channel's policy is read from the store at most this often per replica (a check
+    # reads none): a change made on this replica applies at once, on another within this.
+    policy_refresh_s: float = 1.0
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> ModerationSettings:

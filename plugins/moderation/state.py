@@ -1,16 +1,20 @@
 """Per-user and per-channel chat state over the store: slow mode, flood and duplicate windows,
 unique chat, link permits and escalating strikes. Knows the Store protocol only.
 
-Every counter is one atomic `incr` with a TTL, so replicas sharing a store agree, and state
-dies on its own when a window passes: nothing here sweeps.
+Flood, duplicate, slow-mode and unique-chat windows are the store's short-window counters
+(`incr_windows`, one call per batch): atomic across a fleet's replicas, kept in the server's
+memory on a single box (a restart forgets at most one window of history), and gone on their
+own when a window passes. Strikes and permits are plain values, durable where the store is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .policy import ChannelPolicy
+from .policy import ChannelPolicy, Escalation
 from .store import Store
 from .verdict import Action, Finding, Reason, Source
 
@@ -29,40 +33,63 @@ class Penalty:
     strike: int  # the user's strike count in this channel after this offence
 
 
-async def check_state(
-    store: Store, policy: ChannelPolicy, channel: str, user_id: str, joined: str, *, now: float
-) -> list[Finding]:
-    """Findings of the windows this message breaks; counts it in each window."""
-    findings: list[Finding] = []
-    user = f"{channel}:{user_id}"
-    key = text_key(joined)
-    slow = policy.slow_mode_s
-    if slow > 0 and await store.incr(f"slow:{user}", ttl_s=slow) > 1:
-        detail = f"one message per {slow:g} s"
-        findings.append(_finding(Source.RULE, "slow_mode", detail, Action.DELETE, 0))
-    flood = policy.flood
-    if flood.limit > 0 and flood.window_s > 0:
-        window = int(now // flood.window_s)
-        count = await store.incr(f"flood:{user}:{window}", ttl_s=flood.window_s)
-        if count > flood.limit:
+@dataclass(frozen=True, kw_only=True)
+class Sender:
+    """One message as the windows see it: who sent it, and its folded text."""
+
+    user_id: str
+    joined: str
+
+
+async def check_windows(
+    store: Store, policy: ChannelPolicy, channel: str, senders: Sequence[Sender], *, now: float
+) -> list[list[Finding]]:
+    """Each message's findings of the windows it breaks, counting it in each: one store call
+    for the whole batch (`incr_windows`, counted in input order, so a user's second message
+    of a batch sees the first)."""
+    plan: list[tuple[int, str]] = []  # (message index, rule) per window counted
+    windows: list[tuple[str, float]] = []
+    slow, flood, dup, unique = (
+        policy.slow_mode_s, policy.flood, policy.duplicates, policy.unique_chat_s
+    )  # fmt: skip
+    flood_on = flood.limit > 0 and flood.window_s > 0
+    dup_on = dup.limit > 0 and dup.window_s > 0
+    flood_window = int(now // flood.window_s) if flood_on else 0
+    for n, sender in enumerate(senders):
+        user = f"{channel}:{sender.user_id}"
+        said = bool(sender.joined.strip())
+        key = text_key(sender.joined) if said and (dup_on or unique > 0) else ""
+        if slow > 0:
+            plan.append((n, "slow_mode"))
+            windows.append((f"slow:{user}", slow))
+        if flood_on:
+            plan.append((n, "flood"))
+            windows.append((f"flood:{user}:{flood_window}", flood.window_s))
+        if dup_on and said:
+            plan.append((n, "duplicates"))
+            windows.append((f"dup:{user}:{key}", dup.window_s))
+        if unique > 0 and said:
+            plan.append((n, "unique_chat"))
+            windows.append((f"uniq:{channel}:{key}", unique))
+    findings: list[list[Finding]] = [[] for _ in senders]
+    if not windows:
+        return findings
+    counts = await store.incr_windows(windows)
+    for (n, rule), count in zip(plan, counts, strict=True):
+        if rule == "slow_mode" and count > 1:
+            detail = f"one message per {slow:g} s"
+            findings[n].append(_finding(Source.RULE, rule, detail, Action.DELETE, 0))
+        elif rule == "flood" and count > flood.limit:
             detail = f"{count} messages in {flood.window_s:g} s, limit {flood.limit}"
-            finding = _finding(Source.FILTER, "flood", detail, flood.action, flood.duration_s)
-            findings.append(finding)
-    dup = policy.duplicates
-    if dup.limit > 0 and dup.window_s > 0 and joined.strip():
-        count = await store.incr(f"dup:{user}:{key}", ttl_s=dup.window_s)
-        if count > dup.limit:
+            findings[n].append(
+                _finding(Source.FILTER, rule, detail, flood.action, flood.duration_s)
+            )
+        elif rule == "duplicates" and count > dup.limit:
             detail = f"sent {count} times in {dup.window_s:g} s, limit {dup.limit}"
-            finding = _finding(Source.FILTER, "duplicates", detail, dup.action, dup.duration_s)
-            findings.append(finding)
-    unique = policy.unique_chat_s
-    if (
-        unique > 0
-        and joined.strip()
-        and await store.incr(f"uniq:{channel}:{key}", ttl_s=unique) > 1
-    ):
-        detail = f"already said in chat within {unique:g} s"
-        findings.append(_finding(Source.RULE, "unique_chat", detail, Action.DELETE, 0))
+            findings[n].append(_finding(Source.FILTER, rule, detail, dup.action, dup.duration_s))
+        elif rule == "unique_chat" and count > 1:
+            detail = f"already said in chat within {unique:g} s"
+            findings[n].append(_finding(Source.RULE, rule, detail, Action.DELETE, 0))
     return findings
 
 
@@ -86,22 +113,69 @@ async def has_permit(store: Store, channel: str, user_id: str) -> bool:
 async def strike(
     store: Store, policy: ChannelPolicy, channel: str, user_id: str, *, now: float
 ) -> Penalty:
-    """Count one offence; the penalty the escalation ladder gives for it.
+    """Count one offence; the penalty the escalation ladder gives for it."""
+    (penalty,) = await strikes(store, policy, channel, [user_id], now=now)
+    return penalty
+
+
+async def strikes(
+    store: Store, policy: ChannelPolicy, channel: str, user_ids: Sequence[str], *, now: float
+) -> list[Penalty]:
+    """One offence per entry (a user named twice offended twice, in that order); each
+    penalty the escalation ladder gives, the records written when this returns."""
+    penalties, writes = await count_strikes(store, policy, channel, user_ids, now=now)
+    await write_values(store, writes)
+    return penalties
+
+
+Write = tuple[str, object, float | None]  # (key, value, ttl_s) for Store.set
+
+
+async def count_strikes(
+    store: Store, policy: ChannelPolicy, channel: str, user_ids: Sequence[str], *, now: float
+) -> tuple[list[Penalty], list[Write]]:
+    """The penalties of one offence per entry, and the strike records to write for them
+    (the caller writes them with its other writes: a batch's strikes and audit entries
+    share one commit on SQLite's group commit). The records are read together.
 
     Strikes decay: one is forgiven per `decay_s` without offences, so the record is kept as
     (count, time of the last offence) and decayed on read.
     """
     ladder = policy.escalation
-    key = f"strikes:{channel}:{user_id}"
-    record = await store.get(key)
-    count, last = (0, now)
-    if isinstance(record, list | tuple) and len(record) == 2:
-        count, last = int(record[0]), float(record[1])
-    if ladder.decay_s > 0:
-        count = max(0, count - int((now - last) // ladder.decay_s))
-    count += 1
-    ttl = ladder.decay_s * count if ladder.decay_s > 0 else None
-    await store.set(key, [count, now], ttl_s=ttl)
+    users = list(dict.fromkeys(user_ids))
+    records = await asyncio.gather(*(store.get(_strikes_key(channel, u)) for u in users))
+    counts: dict[str, int] = {}
+    for user_id, record in zip(users, records, strict=True):
+        count, last = (0, now)
+        if isinstance(record, list | tuple) and len(record) == 2:
+            count, last = int(record[0]), float(record[1])
+        if ladder.decay_s > 0:
+            count = max(0, count - int((now - last) // ladder.decay_s))
+        counts[user_id] = count
+    penalties = []
+    for user_id in user_ids:
+        counts[user_id] += 1
+        penalties.append(_penalty(ladder, counts[user_id]))
+    writes: list[Write] = [
+        (
+            _strikes_key(channel, u),
+            [counts[u], now],
+            ladder.decay_s * counts[u] if ladder.decay_s > 0 else None,
+        )
+        for u in users
+    ]
+    return penalties, writes
+
+
+async def write_values(store: Store, writes: Sequence[Write]) -> None:
+    await asyncio.gather(*(store.set(key, value, ttl_s=ttl_s) for key, value, ttl_s in writes))
+
+
+def _strikes_key(channel: str, user_id: str) -> str:
+    return f"strikes:{channel}:{user_id}"
+
+
+def _penalty(ladder: Escalation, count: int) -> Penalty:
     if count <= len(ladder.timeouts_s):
         return Penalty(action=Action.TIMEOUT, duration_s=ladder.timeouts_s[count - 1], strike=count)
     if ladder.ban or not ladder.timeouts_s:
@@ -115,8 +189,3 @@ def _finding(source: Source, name: str, detail: str, action: Action, duration_s:
         reason=Reason(source=source, name=name, detail=detail),
         duration_s=duration_s,
     )
-
-
-async def _seen(store: Store, key: str, window_s: float) -> bool:
-    """Count one occurrence in a window; whether there was one before."""
-    return await store.incr(key, ttl_s=window_s) > 1

@@ -1,16 +1,16 @@
 """The store the moderation core needs, as a Protocol, and an in-memory one. No I/O.
 
 The names and semantics are plugins.api.Store's (`ctx.store`: get/set/delete/list with TTL,
-atomic incr, append/range for logs), which the server lends durable and namespaced per plugin
-and tenant; values are typed Any here so the core writes plain dicts. `MemoryStore` lets the
-tests and the quality bench run the core without a server.
+atomic incr, short-window counters, append/range for logs), which the server lends durable
+and namespaced per plugin and tenant; values are typed Any here so the core writes plain
+dicts. `MemoryStore` lets the tests and the quality bench run the core without a server.
 """
 
 from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 
@@ -25,6 +25,10 @@ class Store(Protocol):
 
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
         """Add `amount` atomically; a missing key counts from 0 and gets `ttl_s`."""
+        ...
+
+    async def incr_windows(self, windows: Sequence[tuple[str, float]]) -> builtins.list[int]:
+        """Count one in each (key, ttl_s) short-window counter; the new counts, in order."""
         ...
 
     async def append(self, key: str, value: Any, *, max_len: int | None = None) -> None:
@@ -81,6 +85,9 @@ class MemoryStore:
             value, expires = int(current) + amount, self._values[key][1]  # type: ignore[call-overload]
         self._values[key] = (value, expires)
         return value
+
+    async def incr_windows(self, windows: Sequence[tuple[str, float]]) -> builtins.list[int]:
+        return [await self.incr(f"window\x1f{key}", ttl_s=ttl_s) for key, ttl_s in windows]
 
     async def append(self, key: str, value: Any, *, max_len: int | None = None) -> None:
         log = self._logs.setdefault(key, [])

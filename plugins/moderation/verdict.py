@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -68,6 +69,12 @@ class Verdict:
     silent: bool = False
 
     def to_wire(self) -> dict[str, object]:
+        """The verdict's wire fields (a new dict; its values are shared, never mutate them)."""
+        return dict(self._wire)
+
+    @functools.cached_property
+    def _wire(self) -> dict[str, object]:
+        # Built once: an allowed line that chat repeats shares one Verdict (the cascade's memo).
         return {
             "action": self.action.value,
             "score": round(self.score, 4),

@@ -18,6 +18,7 @@ from .verdict import Verdict
 
 T = TypeVar("T")
 MAX_ROLES = 16
+_NO_ROLES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,10 +89,40 @@ class FrameReader:
             self.fail("messages", f"over {limit} messages", ErrorCode.LIMIT_EXCEEDED)
         out = []
         for n, item in enumerate(raw):
-            if not isinstance(item, Mapping):
-                self.fail(f"messages[{n}]", "must be a map")
-            out.append(self.message(item, f"messages[{n}]."))
+            message = self._plain_message(item)
+            if message is None:  # something to refuse: the careful reader names it
+                if not isinstance(item, Mapping):
+                    self.fail(f"messages[{n}]", "must be a map")
+                message = self.message(item, f"messages[{n}].")
+            out.append(message)
         return out
+
+    def _plain_message(self, item: object) -> Message | None:
+        """A batch entry read with a handful of type tests when it is a well-formed one (the
+        bulk of a batch); None for anything else, which `message` then reads or refuses."""
+        if type(item) is not dict:
+            return None
+        user, text, message_id = item.get("user"), item.get("text"), item.get("message_id")
+        if type(user) is not dict or type(text) is not str or type(message_id) is not str:
+            return None
+        user_id, name, roles = user.get("id"), user.get("name", ""), user.get("roles")
+        if type(user_id) is not str or not user_id or not message_id:
+            return None
+        if type(name) is not str or len(text) > self.limits.max_text_chars:
+            return None
+        if roles is not None and (
+            type(roles) is not list
+            or len(roles) > MAX_ROLES
+            or not all(type(role) is str for role in roles)
+        ):
+            return None
+        return Message(
+            message_id=message_id,
+            user_id=user_id,
+            user_name=name,
+            roles=frozenset(roles) if roles else _NO_ROLES,
+            text=text,
+        )
 
     def choice(self, name: str, choices: Sequence[str], default: str | None = None) -> str:
         value = self.get(self.frame.payload, name, str) or default
