@@ -180,10 +180,17 @@ class Scheduler:
         self._pending_aborts.clear()
         step.finished.extend(self._finish(seq, FinishReason.CANCELLED) for seq in aborted)
         self._kv.expire_sessions()
-        self._schedule_running(step)
+        # Decodes first, then unfinished prefills; a background prefill (speculative work, such
+        # as warming a session while its player types) goes after interactive admissions, so
+        # it never delays a turn someone waits on.
+        running = sorted(self._running, key=lambda s: s.num_uncomputed_tokens > 1)
+        later = [s for s in running if s.num_uncomputed_tokens > 1 and _background(s)]
+        self._schedule_running(step, [s for s in running if s not in later])
         # A preemption means blocks are short: admitting more would only preempt again.
-        if not step.preempted:
-            self._schedule_waiting(step)
+        admit = not step.preempted and self._schedule_waiting(step, Priority.INTERACTIVE)
+        self._schedule_running(step, later)
+        if admit and not step.preempted:
+            self._schedule_waiting(step, Priority.BACKGROUND)
         chunks = tuple(step.chunks.values())
         return SchedulerOutput(
             chunks=chunks,
@@ -227,9 +234,10 @@ class Scheduler:
             updates.append(_update(seq, (token_id,), reason))
         return updates
 
-    def _schedule_running(self, step: _Step) -> None:
-        # Decodes first: one token each keeps every stream moving under a long prefill.
-        for seq in sorted(self._running, key=lambda s: s.num_uncomputed_tokens > 1):
+    def _schedule_running(self, step: _Step, seqs: list[Sequence]) -> None:
+        # Decodes come first in seqs: one token each keeps every stream moving under a long
+        # prefill.
+        for seq in seqs:
             if step.budget == 0:
                 return
             if seq.status is not SequenceStatus.RUNNING:
@@ -266,19 +274,23 @@ class Scheduler:
         step.preempted.append(seq.request_id)
         step.take_back(seq.request_id)
 
-    def _schedule_waiting(self, step: _Step) -> None:
-        for queue in self._waiting.values():
-            while queue:
-                if step.budget == 0 or len(self._running) >= self._max_num_seqs:
-                    return
-                seq = queue[0]
-                if self._admit(seq, step):
-                    queue.popleft()
-                elif self._running:
-                    return  # strict order: wait until running sequences free blocks
-                else:
-                    # Nothing else holds blocks, so this sequence can never fit.
-                    step.finished.append(self._finish(seq, FinishReason.LENGTH))
+    def _schedule_waiting(self, step: _Step, priority: Priority) -> bool:
+        """Admit the class's waiting sequences in order; False when the first could not have
+        its blocks (strict order: later ones, of any class, wait until running ones free
+        blocks)."""
+        queue = self._waiting[priority]
+        while queue:
+            if step.budget == 0 or len(self._running) >= self._max_num_seqs:
+                return True
+            seq = queue[0]
+            if self._admit(seq, step):
+                queue.popleft()
+            elif self._running:
+                return False
+            else:
+                # Nothing else holds blocks, so this sequence can never fit.
+                step.finished.append(self._finish(seq, FinishReason.LENGTH))
+        return True
 
     def _admit(self, seq: Sequence, step: _Step) -> bool:
         # A scoring request needs the logits of the position before its first scored token,
@@ -358,6 +370,10 @@ class Scheduler:
             num_cached_tokens=seq.num_cached_tokens,
             num_output_tokens=seq.num_output_tokens,
         )
+
+
+def _background(seq: Sequence) -> bool:
+    return seq.request.priority is Priority.BACKGROUND
 
 
 def _update(

@@ -637,3 +637,21 @@ def test_random_aborts_leave_kv_at_baseline() -> None:
     for i in range(7):
         h.kv.release_session(f"s{i}")
     assert_baseline(h.kv.usage())
+
+
+def test_a_running_background_prefill_yields_to_an_interactive_arrival() -> None:
+    # A prefill that warms a session while its player types is speculative: a turn someone
+    # waits on is admitted ahead of its remaining chunks, not after them.
+    h = make(budget=16)
+    h.add("warm", prompt_of(1, 64), max_tokens=1, priority=Priority.BACKGROUND)
+    assert [(c.request_id, len(c.token_ids)) for c in h.step().chunks] == [("warm", 16)]
+    h.add("say", prompt_of(2, 8), max_tokens=2)
+    assert [(c.request_id, len(c.token_ids)) for c in h.step().chunks] == [
+        ("say", 8), ("warm", 8)
+    ]  # fmt: skip
+    assert [(c.request_id, len(c.token_ids)) for c in h.step().chunks] == [
+        ("say", 1), ("warm", 15)
+    ]  # fmt: skip
+    h.run()
+    assert h.outputs["say"] == reference(prompt_of(2, 8), 2)
+    assert h.outputs["warm"] == reference(prompt_of(1, 64), 1)
