@@ -158,7 +158,9 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--model", type=Path, default=None, help="default: the pulled SmolLM2 GGUF")
     p.add_argument("--sweep", type=parse_levels, default=[1, 4, 8, 16, 32])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for either server")
-    p.add_argument("--dtype", default="auto", help="Banterbox's --dtype (auto: float32 on CPU)")
+    p.add_argument(
+        "--dtype", default="auto", help="Banterbox's --dtype (auto: GGUF blocks packed on CPU)"
+    )
     p.add_argument("--ctx-per-slot", type=int, default=2048, help="llama-server -c = N * this")
     p.add_argument("--follow-up-players", type=int, default=16)
     p.add_argument("--follow-up-slots", type=int, default=4, help="llama-server --parallel")

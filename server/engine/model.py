@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, RopeScaling
 from .errors import ModelLoadError
+from .kernels import load as load_kernels
 from .quant import (
     ConcatProjection,
     DenseProjection,
@@ -157,6 +158,9 @@ class Transformer:
         packed = [n for n, t in tensors.items() if isinstance(t, QuantizedWeight)]
         if packed and (device.type != "cpu" or dtype != torch.float32):
             raise ModelLoadError(f"quantized weights run on CPU in float32, not {device} {dtype}")
+        # Packed models also take the C++ RMSNorm and SiLU-mul (one op each where torch runs
+        # several); the dense float32 reference mode stays on torch's own ops.
+        self._fused = load_kernels() if packed else None
 
         def w(name: str) -> torch.Tensor:
             tensor = tensors[name]
@@ -240,6 +244,9 @@ class Transformer:
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None and x.dim() == 2:
+            out: torch.Tensor = self._fused.rms_norm(x, weight, self.config.rms_norm_eps)
+            return out
         if self.dtype == torch.float32:  # the same math below as one fused op
             return F.rms_norm(x, (x.shape[-1],), weight, self.config.rms_norm_eps)
         x32 = x.float()
@@ -261,6 +268,8 @@ class Transformer:
         return q, k, v
 
     def _mlp(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None and x.dim() == 2:
+            return layer.down(self._fused.silu_mul(layer.gate_up(x)))
         gate, up = layer.gate_up(x).chunk(2, dim=-1)
         return layer.down(F.silu(gate) * up)
 

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -532,10 +533,54 @@ torch::Tensor dequantize(const torch::Tensor& w, int64_t qtype, int64_t K) {
   return out;
 }
 
+// x (T, H) float32: x * rsqrt(mean(x^2) + eps) * weight, row by row, in one pass each.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "rms_norm takes (T, H) float32");
+  TORCH_CHECK(weight.dtype() == torch::kFloat32 && weight.dim() == 1 && weight.size(0) == x.size(1),
+              "rms_norm weight must be (H,) float32");
+  const torch::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  const int64_t T = xc.size(0), H = xc.size(1);
+  torch::Tensor out = torch::empty_like(xc);
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = wc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, T, std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* row = xp + t * H;
+      float sum = 0.0f;
+      for (int64_t h = 0; h < H; ++h) sum += row[h] * row[h];
+      const float scale = 1.0f / std::sqrt(sum / static_cast<float>(H) + static_cast<float>(eps));
+      for (int64_t h = 0; h < H; ++h) op[t * H + h] = row[h] * scale * wp[h];
+    }
+  });
+  return out;
+}
+
+// gate_up (T, 2I) float32, gate then up: silu(gate) * up, (T, I).
+torch::Tensor silu_mul(const torch::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dtype() == torch::kFloat32 && gate_up.dim() == 2 && gate_up.size(1) % 2 == 0,
+              "silu_mul takes (T, 2I) float32");
+  const torch::Tensor gc = gate_up.contiguous();
+  const int64_t T = gc.size(0), I = gc.size(1) / 2;
+  torch::Tensor out = torch::empty({T, I}, gc.options());
+  const float* gp = gc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, T, std::max<int64_t>(1, 32768 / std::max<int64_t>(I, 1)), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* g = gp + t * 2 * I;
+      const float* u = g + I;
+      for (int64_t i = 0; i < I; ++i) op[t * I + i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 // Registered as torch ops (torch.ops.banterbox.*): the profiler sees and times them.
 TORCH_LIBRARY(banterbox, m) {
   m.def("qmatmul(Tensor x, Tensor w, int qtype, int num_cols) -> Tensor", &qmatmul);
   m.def("dequantize(Tensor w, int qtype, int num_cols) -> Tensor", &dequantize);
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm);
+  m.def("silu_mul(Tensor gate_up) -> Tensor", &silu_mul);
 }

@@ -13,6 +13,7 @@ from tiny import TinyConfig, random_hf_tensors, write_gguf, write_hf
 
 from server.engine.config import EngineConfig
 from server.engine.errors import ModelLoadError
+from server.engine.kernels import load as load_kernels
 from server.engine.llm import LLM
 from server.engine.model import Transformer
 from server.engine.quant import KERNEL_TYPES, QuantizedWeight, Weight, quantize, stack_rows
@@ -202,3 +203,27 @@ def test_quantize_needs_cpu_float32(tmp_path) -> None:
         LLM.load(folder, EngineConfig(quantize="q8_0", dtype="bfloat16"))
     with pytest.raises(ModelLoadError, match="unknown quantize"):
         LLM.load(folder, EngineConfig(quantize="q3_x"))
+
+
+@pytest.mark.parametrize("num_rows", [1, 3, 67])
+def test_fused_rms_norm_matches_torch(num_rows: int) -> None:
+    g = torch.Generator().manual_seed(num_rows)
+    x, weight = torch.randn(num_rows, 77, generator=g) * 3, torch.randn(77, generator=g)
+    expected = torch.nn.functional.rms_norm(x, (77,), weight, 1e-5)
+    ours = load_kernels().rms_norm(x.t().contiguous().t(), weight, 1e-5)  # strided input too
+    assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_rows", [1, 3, 67])
+def test_fused_silu_mul_matches_torch(num_rows: int) -> None:
+    gate_up = torch.randn(num_rows, 2 * 45, generator=torch.Generator().manual_seed(num_rows)) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    assert torch.allclose(load_kernels().silu_mul(gate_up), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_ops_refuse_bad_shapes() -> None:
+    with pytest.raises(RuntimeError, match="weight"):
+        load_kernels().rms_norm(torch.randn(2, 8), torch.randn(7), 1e-5)
+    with pytest.raises(RuntimeError, match="silu_mul"):
+        load_kernels().silu_mul(torch.randn(2, 7))
