@@ -85,6 +85,11 @@ class GenerateSpec:
     history_start: int = 0
 
 
+class ModelError(Exception):
+    """A model the host cannot serve: a path that is missing or is not a model the engine
+    loads (`load_model`), or a name it never loaded (`score(model=...)`)."""
+
+
 class SessionAccess(Protocol):
     """The calling tenant's sessions, read from and written through to the server's session
     store: on a fleet, a session opened or changed on one replica is found, with its exact
@@ -179,6 +184,14 @@ class PluginHost(Protocol):
         (not_ready) before the model is loaded."""
         ...
 
+    async def load_model(self, path: str) -> str:
+        """Serve the model at `path` (any GGUF file or HF folder the engine loads) beside the
+        server's own, for `score(..., model=name)`; its name (the file or folder name) once
+        it is loaded. The server owns it: one engine instance of its own, stopped with the
+        server; loading a path again returns the same name. Raises ModelError when the path
+        is missing or is no model the engine can load (the message says which and why)."""
+        ...
+
     async def score(
         self,
         tenant: str,
@@ -187,6 +200,7 @@ class PluginHost(Protocol):
         prompt: str | None = None,
         messages: Sequence[ChatMessage] | None = None,
         system: str | None = None,
+        model: str | None = None,  # a name from load_model; None: the server's model
     ) -> list[float]: ...
 
 
@@ -221,10 +235,12 @@ class PluginContext(Protocol):
         prompt: str | None = None,
         messages: Sequence[ChatMessage] | None = None,
         system: str | None = None,
+        model: str | None = None,
     ) -> list[float]:
         """Log-probability of each candidate continuing the prompt (or the rendered chat,
         ready for the assistant's answer), batched; the prompt's KV is shared through the
-        prefix cache across candidates and across calls."""
+        prefix cache across candidates and across calls. `model`: a name the host's
+        `load_model` gave (ModelError for one it did not), None for the server's model."""
         ...
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None: ...

@@ -30,6 +30,7 @@ from .connection import CLOSE_GOING_AWAY, Connection, source_address
 from .engine.core import EngineStats
 from .engine.llm import LLM
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .models import ExtraModels
 from .plugin_host import ConnectionContext, PluginRegistry, ServerPluginHost, load_plugins
 from .sessions import Session, SessionStore
 from .store import Store, StoreUnavailable, open_store
@@ -79,10 +80,22 @@ class BanterboxServer:
         self.turns: TurnRunner | None = None
         self.connections: set[Connection] = set()
         self.topics = TopicHub(relay=self.store)  # across replicas on a shared store
+        # Models a plugin asks for (a judge), each in an engine of its own with these settings.
+        self.models = ExtraModels(
+            load=lambda path: LLM.load(path, config.engine.to_engine_config()),
+            runner=lambda llm, engine: TurnRunner(
+                llm=llm, engine=engine, sessions=self.sessions, metrics=self.metrics,
+                settings=config.server,
+            ),
+        )  # fmt: skip
         # Plugins keep their state in the server's store: durable and shared where it is.
         self._plugin_hosts = {
             plugin.name: ServerPluginHost(
-                plugin.name, backend=self.store, topics=self.topics, turns=lambda: self.turns
+                plugin.name,
+                backend=self.store,
+                topics=self.topics,
+                turns=lambda: self.turns,
+                models=self.models,
             )
             for plugin in self.plugins.plugins
         }
@@ -188,8 +201,12 @@ class BanterboxServer:
         self.turns = TurnRunner(
             llm=llm, engine=engine, sessions=self.sessions, metrics=self.metrics, settings=net
         )
-        for plugin in self.plugins.plugins:
-            await plugin.start(self._plugin_hosts[plugin.name])
+        try:
+            for plugin in self.plugins.plugins:
+                await plugin.start(self._plugin_hosts[plugin.name])
+        except BaseException:  # a plugin that cannot start (a bad judge_model): close it all
+            await self.shutdown()
+            raise
         self._sweeper = asyncio.create_task(self._sweep_sessions())
         self._store_watch = asyncio.create_task(self._watch_store())
         log.info("state in the %s store%s", self.store.kind, "" if self.store.durable else
@@ -220,6 +237,7 @@ class BanterboxServer:
             await plugin.stop()
             await self._plugin_hosts[plugin.name].stop()
         await self.topics.close()
+        await self.models.stop()
         if self.engine is not None:
             await self.engine.stop()
         await self.store.close()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from plugins.api import (
     PLUGIN_API_VERSION,
     GenerateSpec,
+    ModelError,
     Plugin,
     PluginHost,
     Store,
@@ -30,6 +31,7 @@ from protocol.messages import RESERVED_NAMESPACES
 from protocol.validate import is_plugin_type
 
 from .config import SCOPES
+from .models import ExtraModels
 from .plugin_store import PluginStore
 from .sessions import SessionStore
 from .store import Store as StateStore
@@ -116,8 +118,10 @@ class ServerPluginHost:
         backend: StateStore,
         topics: TopicHub,
         turns: Callable[[], TurnRunner | None],  # the runner, once the model is loaded
+        models: ExtraModels | None = None,  # models served beside the server's, for score
     ) -> None:
         self.plugin = plugin
+        self._models = models
         self._backend = backend
         self._topics = topics
         self._turns = turns
@@ -167,10 +171,20 @@ class ServerPluginHost:
         prompt: str | None = None,
         messages: Sequence[ChatMessage] | None = None,
         system: str | None = None,
+        model: str | None = None,
     ) -> list[float]:
-        return await self._runner().score(
+        runner = self._runner() if model is None else self._extra().runner(model)
+        return await runner.score(
             tenant=tenant, candidates=candidates, prompt=prompt, messages=messages, system=system
         )
+
+    async def load_model(self, path: str) -> str:
+        return await self._extra().load(path)
+
+    def _extra(self) -> ExtraModels:
+        if self._models is None:
+            raise ModelError("this server serves no model beside its own")
+        return self._models
 
     def _runner(self) -> TurnRunner:
         runner = self._turns()
@@ -318,10 +332,11 @@ class ConnectionContext:
         prompt: str | None = None,
         messages: Sequence[ChatMessage] | None = None,
         system: str | None = None,
+        model: str | None = None,
     ) -> list[float]:
         return await self._host.score(
             self._peer.tenant, candidates=candidates, prompt=prompt, messages=messages,
-            system=system,
+            system=system, model=model,
         )  # fmt: skip
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:

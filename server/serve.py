@@ -14,6 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
+from plugins.api import ModelError
+
 from .auth import is_loopback
 from .config import ConfigError, ServerConfig, load_config, parse_env_keys, with_overrides
 from .engine.errors import EngineError
@@ -113,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
     path = args.model if args.model is not None else default_model_path(os.environ)
     try:
         return asyncio.run(_serve(config, path, args.chat_template))
-    except (EngineError, PluginLoadError, OSError) as exc:
+    except (EngineError, ModelError, PluginLoadError, OSError) as exc:
         print(f"banterbox: error: {exc}", file=sys.stderr)
         return 1
 

@@ -61,8 +61,9 @@ class ModerationPlugin(BasePlugin):
         # One bound for all channels; entries are scoped by compiled policy (0: the default).
         self._memo = TextMemo()
         self._scopes = itertools.count(1)
+        self._judge_model: str | None = None  # a model the host loaded for the judge
         self._judge = Judge(
-            model="server model",
+            model="the server's model",
             max_inflight=self.settings.judge_max_inflight,
             timeout_s=self.settings.judge_timeout_s,
         )
@@ -70,6 +71,10 @@ class ModerationPlugin(BasePlugin):
         self._loading: asyncio.Lock | None = None
 
     async def start(self, host: PluginHost) -> None:
+        if self.settings.judge_model:
+            # A bad path fails the server's start with the host's ModelError, which says why.
+            self._judge_model = await host.load_model(self.settings.judge_model)
+            self._judge.model = self._judge_model
         await self._classifier()
 
     async def handle(self, frame: PluginFrame, ctx: PluginContext) -> None:
@@ -187,7 +192,7 @@ class ModerationPlugin(BasePlugin):
 
     async def _rule(self, ctx: PluginContext, policy: str, texts: Sequence[str]) -> Ruling:
         async def score(prompt: str, candidates: Sequence[str]) -> list[float]:
-            return await ctx.score(prompt=prompt, candidates=candidates)
+            return await ctx.score(prompt=prompt, candidates=candidates, model=self._judge_model)
 
         return await self._judge.rule(score, policy, texts)
 

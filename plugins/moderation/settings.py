@@ -17,18 +17,23 @@ class ModerationSettings:
     # A channel's policy is read from the store at most this often per replica (a check
     # reads none): a change made on this replica applies at once, on another within this.
     policy_refresh_s: float = 1.0
+    # A GGUF file (or HF folder) the server loads beside its own model, in an engine of its
+    # own, for the LLM judge ("" : the judge scores on the server's model). The judge's
+    # reasons name the model that ruled.
+    judge_model: str = ""
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> ModerationSettings:
         known = {f.name: f for f in fields(cls)}
-        if "judge_model" in raw:
-            # The plugin API lends ctx.score on the server's one model; there is no way yet to
-            # name another GGUF for the judge, so a setting that would be ignored is refused.
-            raise ValueError("moderation.judge_model: this server's plugin API cannot load it")
-        values: dict[str, float | int] = {}
+        values: dict[str, float | int | str] = {}
         for key, value in raw.items():
             if key not in known:
                 raise ValueError(f"moderation.{key}: unknown setting; known: {sorted(known)}")
+            if key == "judge_model":
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"moderation.judge_model must be a path, got {value!r}")
+                values[key] = value
+                continue
             default = getattr(cls(), key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"moderation.{key} must be a number > 0, got {value!r}")

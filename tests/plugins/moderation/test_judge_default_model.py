@@ -40,7 +40,9 @@ async def policy_score(ws: object, text: str, rid: str) -> float:
     assert isinstance(categories, Mapping)
     reasons = frame.payload["reasons"]
     assert isinstance(reasons, list)
-    assert any(r["source"] == "judge" and "server model" in r["detail"] for r in reasons), reasons
+    assert any(r["source"] == "judge" and "the server's model" in r["detail"] for r in reasons), (
+        reasons
+    )
     return float(categories["policy"])
 
 
