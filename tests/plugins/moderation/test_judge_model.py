@@ -73,6 +73,6 @@ async def test_a_bad_judge_model_path_fails_the_start_with_a_typed_error(
     bad = tmp_path / "judge.gguf"
     if kind == "not a model":
         bad.write_bytes(b"GGUF but not really")
-    with pytest.raises(ModelError, match="judge.gguf"):
+    with pytest.raises(ModelError, match=r"judge\.gguf"):
         async with running_server(model, judge_config(str(bad))):
             raise AssertionError("the server started with a bad judge_model")
