@@ -131,6 +131,10 @@ class Store(Protocol):
 
     async def set(self, key: str, value: JSON, *, ttl_s: float | None = None) -> None: ...
 
+    async def set_many(self, items: Sequence[tuple[str, JSON, float | None]]) -> None:
+        """`set` of each (key, value, ttl_s) in one write: one commit, one round trip."""
+        ...
+
     async def delete(self, key: str) -> bool: ...
 
     async def list(self, prefix: str = "") -> builtins.list[str]:
@@ -154,6 +158,10 @@ class Store(Protocol):
 
     async def append(self, key: str, value: JSON, *, max_len: int | None = None) -> None:
         """Append to a log and keep only its newest max_len entries."""
+        ...
+
+    async def extend(self, key: str, values: Sequence[JSON], *, max_len: int | None = None) -> None:
+        """`append` of each value, in order, in one write."""
         ...
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSON]:

@@ -30,6 +30,9 @@ class PluginStore:
     async def set(self, key: str, value: JSONValue, *, ttl_s: float | None = None) -> None:
         await self._store.set(self._ns, key, value, ttl_s)
 
+    async def set_many(self, items: Sequence[tuple[str, JSONValue, float | None]]) -> None:
+        await self._store.set_many(self._ns, items)
+
     async def delete(self, key: str) -> bool:
         return await self._store.delete(self._ns, key)
 
@@ -44,6 +47,11 @@ class PluginStore:
 
     async def append(self, key: str, value: JSONValue, *, max_len: int | None = None) -> None:
         await self._store.append(self._ns, key, value, max_len)
+
+    async def extend(
+        self, key: str, values: Sequence[JSONValue], *, max_len: int | None = None
+    ) -> None:
+        await self._store.extend(self._ns, key, values, max_len)
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSONValue]:
         return await self._store.range(self._ns, key, start, stop)

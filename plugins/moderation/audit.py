@@ -9,7 +9,7 @@ logged once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .store import Store
@@ -41,6 +41,17 @@ async def record(
     await store.append(audit_key(channel), dict(entry), max_len=max_entries)
 
 
+async def record_all(
+    store: Store,
+    channel: str,
+    entries: Sequence[Mapping[str, object]],
+    *,
+    max_entries: int = 100_000,
+) -> None:
+    """Append a batch's entries to the channel's log, in order, in one write."""
+    await store.extend(audit_key(channel), [dict(e) for e in entries], max_len=max_entries)
+
+
 async def query(
     store: Store, channel: str, q: AuditQuery, *, max_scan: int = 10_000
 ) -> list[dict[str, object]]:
@@ -63,9 +74,11 @@ async def query(
     return found
 
 
-async def hold(store: Store, channel: str, held: Mapping[str, object], *, hold_s: float) -> None:
-    key = hold_key(channel, str(held["message_id"]))
-    await store.set(key, dict(held), ttl_s=hold_s + HOLD_GRACE_S)
+def hold_value(
+    channel: str, held: Mapping[str, object], *, hold_s: float
+) -> tuple[str, dict[str, object], float]:
+    """A held message as (key, value, ttl_s) for `set_many`."""
+    return hold_key(channel, str(held["message_id"])), dict(held), hold_s + HOLD_GRACE_S
 
 
 async def take_hold(

@@ -19,7 +19,16 @@ from types import MappingProxyType
 from plugins.api import SCOPE_MODERATE, BasePlugin, PluginContext, PluginHost
 from protocol import PluginFrame
 
-from .audit import DECISIONS, AuditQuery, hold, pending, query, record, take_hold
+from .audit import (
+    DECISIONS,
+    AuditQuery,
+    hold_value,
+    pending,
+    query,
+    record,
+    record_all,
+    take_hold,
+)
 from .batcher import MicroBatcher
 from .cascade import Cascade, Message, TextMemo
 from .categorize import Lexicon
@@ -29,7 +38,7 @@ from .policy import ChannelPolicy, PolicyError, parse_policy, policy_to_wire
 from .profanity import ProfanityModel
 from .rules import CompiledChannel
 from .settings import ModerationSettings
-from .state import PERMIT_S, grant_permit, strike, write_values
+from .state import PERMIT_S, grant_permit, strike
 from .store import Store
 from .verdict import Action, Verdict
 from .wire import FrameReader, WireLimits, answer, verdict_payload
@@ -131,13 +140,15 @@ class ModerationPlugin(BasePlugin):
         now = time.time()
         entries = [_verdict_entry(m, v, at=now) for m, v in acting]
         policy = compiled.policy
-        writes = [write_values(store, decided.writes)]
-        writes += [record(store, channel, entry) for entry in entries]
-        writes += [
-            hold(store, channel, {**e, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s)
+        values = list(decided.writes)  # strike records, then the holds
+        values += [
+            hold_value(channel, {**e, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s)
             for (_, v), e in zip(acting, entries, strict=True)
             if v.action is Action.HOLD
         ]
+        writes = [record_all(store, channel, entries)] if entries else []
+        if values:
+            writes.append(store.set_many(values))
         await asyncio.gather(*writes)
         for message, verdict in acting:
             if verdict.action is Action.HOLD:

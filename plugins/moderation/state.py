@@ -168,7 +168,8 @@ async def count_strikes(
 
 
 async def write_values(store: Store, writes: Sequence[Write]) -> None:
-    await asyncio.gather(*(store.set(key, value, ttl_s=ttl_s) for key, value, ttl_s in writes))
+    if writes:
+        await store.set_many(writes)
 
 
 def _strikes_key(channel: str, user_id: str) -> str:

@@ -19,6 +19,8 @@ class Store(Protocol):
 
     async def set(self, key: str, value: Any, *, ttl_s: float | None = None) -> None: ...
 
+    async def set_many(self, items: Sequence[tuple[str, Any, float | None]]) -> None: ...
+
     async def delete(self, key: str) -> bool: ...
 
     async def list(self, prefix: str = "") -> builtins.list[str]: ...
@@ -34,6 +36,10 @@ class Store(Protocol):
     async def append(self, key: str, value: Any, *, max_len: int | None = None) -> None:
         """Append to the log at `key`, keeping its newest `max_len` entries."""
         ...
+
+    async def extend(
+        self, key: str, values: Sequence[Any], *, max_len: int | None = None
+    ) -> None: ...
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[Any]:
         """Entries `start` to `stop` inclusive, oldest first; negatives count from the end."""
@@ -67,6 +73,10 @@ class MemoryStore:
     async def set(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         self._values[key] = (value, self._expiry(ttl_s))
 
+    async def set_many(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        for key, value, ttl_s in items:
+            await self.set(key, value, ttl_s=ttl_s)
+
     async def delete(self, key: str) -> bool:
         found = self._live(key) is not None or key in self._logs
         self._values.pop(key, None)
@@ -94,6 +104,10 @@ class MemoryStore:
         log.append(value)
         if max_len is not None and len(log) > max_len:
             del log[: len(log) - max_len]
+
+    async def extend(self, key: str, values: Sequence[Any], *, max_len: int | None = None) -> None:
+        for value in values:
+            await self.append(key, value, max_len=max_len)
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[Any]:
         log = self._logs.get(key, [])

@@ -147,6 +147,11 @@ class Store(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
+    async def set_many(self, ns: str, items: Sequence[tuple[str, JSONValue, float | None]]) -> None:
+        """`set` of each (key, value, ttl_s), all in one write (one transaction on SQLite, one
+        MULTI on Redis): a batch's state costs one round trip, not one per key."""
+
+    @abc.abstractmethod
     async def delete(self, ns: str, key: str) -> bool:
         """Remove the key's value and log; True if there was either."""
 
@@ -175,6 +180,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def append(self, ns: str, key: str, value: JSONValue, max_len: int | None = None) -> None:
         """Append to the key's log and keep only its newest `max_len` entries."""
+
+    @abc.abstractmethod
+    async def extend(
+        self, ns: str, key: str, values: Sequence[JSONValue], max_len: int | None = None
+    ) -> None:
+        """`append` of each value, in order, in one write; then the newest `max_len` stay."""
 
     @abc.abstractmethod
     async def range(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .base import JSONValue, SessionRecord, Store, Subscription
 from .codec import (
@@ -96,6 +96,10 @@ class MemoryStore(LocalWindows, Store):
     async def set(self, ns: str, key: str, value: JSONValue, ttl_s: float | None = None) -> None:
         self._values[(ns, check_key(key))] = (dump_value(value), self._expiry(ttl_s))
 
+    async def set_many(self, ns: str, items: Sequence[tuple[str, JSONValue, float | None]]) -> None:
+        rows = [((ns, check_key(k)), (dump_value(v), self._expiry(t))) for k, v, t in items]
+        self._values.update(rows)
+
     async def delete(self, ns: str, key: str) -> bool:
         slot = (ns, check_key(key))
         had_value = self._live(slot) is not None
@@ -125,6 +129,16 @@ class MemoryStore(LocalWindows, Store):
         slot, raw, max_len = (ns, check_key(key)), dump_value(value), check_max_len(max_len)
         entries = self._logs.setdefault(slot, [])
         entries.append(raw)
+        if max_len is not None and len(entries) > max_len:
+            del entries[: len(entries) - max_len]
+
+    async def extend(
+        self, ns: str, key: str, values: Sequence[JSONValue], max_len: int | None = None
+    ) -> None:
+        slot, max_len = (ns, check_key(key)), check_max_len(max_len)
+        raws = [dump_value(value) for value in values]
+        entries = self._logs.setdefault(slot, [])
+        entries.extend(raws)
         if max_len is not None and len(entries) > max_len:
             del entries[: len(entries) - max_len]
 

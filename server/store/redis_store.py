@@ -6,7 +6,7 @@ Keys: `s:<tenant>:<session id>` (a hash per session, expiring at its `expires_at
 counter, PX its window), `l:<namespace>:<key>` (a list) and the
 pub/sub channel `t:<namespace>:<topic>`; tenant and namespace are percent-quoted, so they hold
 no ":". `incr` is one Lua script (INCRBY, then PEXPIRE only when it created the key), atomic
-across replicas; `append` is RPUSH + LTRIM in one MULTI. Durability is Redis': run it with
+across replicas; `append`/`extend` is RPUSH + LTRIM in one MULTI, `set_many` SETs in one. Durability is Redis': run it with
 `appendonly yes` and `appendfsync always` for the guarantee of SPEC.md to cover a crash of
 Redis too (`make fleet` does), `everysec` to risk the last second.
 """
@@ -209,6 +209,15 @@ class RedisStore(Store):
         px = None if ttl_s is None else _ms(ttl_s)
         await self._call(self._redis.set(self._value_key(ns, key), dump_value(value), px=px))
 
+    async def set_many(self, ns: str, items: Sequence[tuple[str, JSONValue, float | None]]) -> None:
+        rows = [(self._value_key(ns, k), dump_value(v), check_ttl(t)) for k, v, t in items]
+        if not rows:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for key, raw, ttl_s in rows:
+            pipe.set(key, raw, px=None if ttl_s is None else _ms(ttl_s))
+        await self._call(pipe.execute())
+
     async def delete(self, ns: str, key: str) -> bool:
         keys = (self._value_key(ns, key), self._log_key(ns, key))
         return bool(await self._call(self._redis.delete(*keys)))
@@ -246,9 +255,17 @@ class RedisStore(Store):
         return f"{self._prefix}w:{quote(ns, safe='')}:{check_key(key)}"
 
     async def append(self, ns: str, key: str, value: JSONValue, max_len: int | None = None) -> None:
-        log_key, raw, max_len = self._log_key(ns, key), dump_value(value), check_max_len(max_len)
+        await self.extend(ns, key, [value], max_len)
+
+    async def extend(
+        self, ns: str, key: str, values: Sequence[JSONValue], max_len: int | None = None
+    ) -> None:
+        log_key, max_len = self._log_key(ns, key), check_max_len(max_len)
+        raws = [dump_value(value) for value in values]
+        if not raws:
+            return
         pipe = self._redis.pipeline(transaction=True)
-        pipe.rpush(log_key, raw)
+        pipe.rpush(log_key, *raws)
         if max_len is not None:
             pipe.ltrim(log_key, -max_len, -1)
         await self._call(pipe.execute())

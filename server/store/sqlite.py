@@ -23,7 +23,7 @@ import builtins
 import collections
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar, cast
@@ -281,6 +281,11 @@ class SqliteStore(LocalWindows, Store):
         row = (ns, check_key(key), dump_value(value), self._expiry(ttl_s))
         await self._call(lambda db: db.execute(_PUT_VALUE, row))
 
+    async def set_many(self, ns: str, items: Sequence[tuple[str, JSONValue, float | None]]) -> None:
+        rows = [(ns, check_key(k), dump_value(v), self._expiry(t)) for k, v, t in items]
+        if rows:
+            await self._call(lambda db: db.executemany(_PUT_VALUE, rows))
+
     async def delete(self, ns: str, key: str) -> bool:
         check_key(key)
         now = self._clock()
@@ -328,17 +333,26 @@ class SqliteStore(LocalWindows, Store):
         return await self._call(add)
 
     async def append(self, ns: str, key: str, value: JSONValue, max_len: int | None = None) -> None:
+        await self.extend(ns, key, [value], max_len)
+
+    async def extend(
+        self, ns: str, key: str, values: Sequence[JSONValue], max_len: int | None = None
+    ) -> None:
         check_key(key)
-        raw, max_len = dump_value(value), check_max_len(max_len)
+        raws, max_len = [dump_value(value) for value in values], check_max_len(max_len)
+        if not raws:
+            return
 
         def push(db: sqlite3.Connection) -> None:
             first, last = db.execute(
                 "SELECT MIN(seq), MAX(seq) FROM logs WHERE ns = ? AND key = ?", (ns, key)
             ).fetchone()
-            seq = (last or 0) + 1
-            db.execute("INSERT INTO logs VALUES (?, ?, ?, ?)", (ns, key, seq, raw))
+            start = (last or 0) + 1
+            rows = [(ns, key, start + n, raw) for n, raw in enumerate(raws)]
+            db.executemany("INSERT INTO logs VALUES (?, ?, ?, ?)", rows)
+            seq = start + len(raws) - 1
             # Sequence numbers are contiguous (only the oldest are ever trimmed).
-            if max_len is not None and seq - (first or seq) + 1 > max_len:
+            if max_len is not None and seq - (first or start) + 1 > max_len:
                 db.execute(
                     "DELETE FROM logs WHERE ns = ? AND key = ? AND seq <= ?",
                     (ns, key, seq - max_len),

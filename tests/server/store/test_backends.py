@@ -124,6 +124,25 @@ async def test_windows_count_atomically_in_one_call_and_end_on_time(store: Store
             await store.incr_windows(NS, [("w", bad)])  # type: ignore[list-item]
 
 
+async def test_set_many_and_extend_write_a_batch_at_once(store: Store) -> None:
+    await store.set_many(NS, [("a", {"n": 1}, None), ("b", [2], 0.2), ("a", "last wins", None)])
+    assert (await store.get(NS, "a"), await store.get(NS, "b")) == ("last wins", [2])
+    await store.set_many(NS, [])
+    await asyncio.sleep(0.3)
+    assert await store.get(NS, "b") is None
+    await store.extend(NS, "log", [1, 2, 3])
+    await store.extend(NS, "log", [])
+    await store.extend(NS, "log", [4, 5], max_len=4)
+    await store.append(NS, "log", 6, max_len=4)
+    assert await store.range(NS, "log") == [3, 4, 5, 6]
+    with pytest.raises(StoreValueError):
+        await store.set_many(NS, [("ok", 1, None), ("bad", {1, 2}, None)])  # type: ignore[list-item]
+    with pytest.raises(StoreValueError):
+        await store.extend(NS, "log", [7, float("nan")])
+    assert await store.get(NS, "ok") is None  # nothing of a refused batch was written
+    assert await store.range(NS, "log") == [3, 4, 5, 6]
+
+
 async def test_logs_append_trim_and_range_inclusively(store: Store) -> None:
     for i in range(10):
         await store.append(NS, "audit", {"i": i}, max_len=5)
