@@ -377,15 +377,9 @@ class SessionStore:
         return session, resumed
 
     async def resume_session(self, tenant: str, session_id: str) -> Session:
-        """The tenant's session from the working set or the store, or session_not_found."""
-        self.expire()
-        found = await self._find(tenant, session_id)
-        if found is None:
-            self._refuse_lost(session_id)
-            raise ProtocolError(
-                ErrorCode.SESSION_NOT_FOUND, f"no session {session_id!r} (closed or expired?)"
-            )
-        found.last_used = self._clock()
+        """The tenant's session from the working set or the store, or session_not_found;
+        saved again, so its idle TTL starts again in the store too."""
+        found = await self.find_session(tenant, session_id)
         await self.persist(found)
         return found
 
