@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import random
 import statistics
 import time
@@ -160,6 +161,67 @@ async def _run_batches(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+async def _compare_stores(args: argparse.Namespace) -> dict[str, object]:
+    """Batch throughput of two servers of its own, one on the memory store and one on SQLite
+    (the default, FULL sync), in `--rounds` alternating pairs (memory first in even pairs,
+    SQLite first in odd ones, so a drift of the machine's load falls on both)."""
+    import tempfile
+
+    from server.pull import default_model_path
+
+    from .procs import ServerProcess
+
+    model = Path(args.model) if args.model else default_model_path(dict(os.environ))
+    results: dict[str, list[dict[str, object]]] = {"memory": [], "sqlite": []}
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "serve.toml"
+        config.write_text('[plugins]\nenabled = ["chat", "moderation"]\n', encoding="utf-8")
+        server_args = ("--config", str(config), "--threads", "1", "--kv-cache-mib", "64",
+                       "--max-inflight", "4096")  # fmt: skip
+        urls = {"memory": "memory://", "sqlite": f"sqlite:///{folder}/banterbox.db"}
+        servers = {
+            name: ServerProcess(model, store_url=url, args=server_args).start()
+            for name, url in urls.items()
+        }
+        try:
+            for pair in range(args.rounds):
+                order = ("memory", "sqlite") if pair % 2 == 0 else ("sqlite", "memory")
+                for name in order:
+                    run_args = argparse.Namespace(**{**vars(args), "url": servers[name].url})
+                    results[name].append(await _run_batches(run_args))
+        finally:
+            for server in servers.values():
+                server.stop()
+    rates = {
+        name: [float(str(r["messages_per_s"])) for r in runs] for name, runs in results.items()
+    }
+    pairs = [s / m for m, s in zip(rates["memory"], rates["sqlite"], strict=True)]
+    return {
+        "scenario": "chat-batch-stores",
+        "model": {"file": model.name, "sha256": _sha256(model)},
+        "config": {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("run", "api_key", "json", "url", "model")
+        },
+        "messages_per_s": {name: rate for name, rate in rates.items()},
+        "median_messages_per_s": {name: statistics.median(rate) for name, rate in rates.items()},
+        "sqlite_over_memory_per_pair": [round(r, 3) for r in pairs],
+        "sqlite_over_memory_median": round(statistics.median(pairs), 3),
+        "rounds": results,
+    }
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = scenarios.add_parser("chat", help="chat messages through the moderation plugin")
     p.add_argument("--url", default="ws://127.0.0.1:8765")
@@ -175,12 +237,28 @@ def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]
         "--judge-policy", default="", help="plain-words policy: the LLM judge rules every message"
     )
     p.add_argument("--slo-ttft", type=float, default=0.5, help="verdict latency SLO, seconds")
+    p.add_argument(
+        "--compare-stores",
+        action="store_true",
+        help="batch mode on two servers of its own: the memory store vs SQLite, alternating",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="pairs of rounds (--compare-stores)")
+    p.add_argument("--model", default="", help="--compare-stores: the servers' model")
     p.add_argument("--json", type=Path, default=None, help="default: bench/results/chat-TIME.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare_stores:
+        if args.batch <= 0:
+            print("bench chat: --compare-stores needs --batch N")
+            return 2
+        result = asyncio.run(_compare_stores(args))
+        path = args.json or default_json_path("chat-batch-stores")
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+        return 0
     if args.batch > 0:
         try:
             result = asyncio.run(_run_batches(args))
