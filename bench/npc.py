@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -258,13 +259,28 @@ class NpcCounts:
         self.events: Counter[str] = Counter()  # "emotion", "action"
         self.names: Counter[str] = Counter()  # "emotion:proud", "action:give_item"
         self.typing: Counter[str] = Counter()  # "sent", "prefilled", "superseded", "skipped"
+        # Where a turn's time goes, one entry per completed turn (ms, or a fraction).
+        self.first_frame_ms: list[float] = []  # the reply's first frame: an event or speech
+        self.server_queue_ms: list[float] = []  # the server's: received to first scheduled
+        self.server_ttft_ms: list[float] = []  # the server's: received to first token
+        self.cached_fraction: list[float] = []  # prompt tokens found in the KV cache
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "events": dict(self.events),
             "by_name": dict(sorted(self.names.items())),
             "typing": dict(self.typing),
+            "median": {
+                "first_frame_ms": _median(self.first_frame_ms),
+                "server_queue_ms": _median(self.server_queue_ms),
+                "server_ttft_ms": _median(self.server_ttft_ms),
+                "cached_fraction": _median(self.cached_fraction),
+            },
         }
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 class NpcPlayer:
@@ -304,14 +320,16 @@ class NpcPlayer:
         if self._typing_cps is not None:
             await self._type(line)
         payload = {**self._base, "text": line, "max_tokens": self._max_tokens, **self._sampling}
-        stream = self._client.send_plugin(
-            "npc.say", payload, end_types=frozenset({"npc.interrupted"})
-        )
+        ends = frozenset({"npc.interrupted", "npc.refused", "npc.replaced"})
+        stream = self._client.send_plugin("npc.say", payload, end_types=ends)
         start = time.perf_counter()
         times: list[float] = []
+        first_frame: float | None = None
         done = None
         try:
             async for frame in stream:
+                if first_frame is None and not isinstance(frame, Done):
+                    first_frame = time.perf_counter()
                 if isinstance(frame, Delta):
                     times.append(time.perf_counter())
                 elif isinstance(frame, PluginFrame) and frame.type in ("npc.emotion", "npc.action"):
@@ -327,6 +345,13 @@ class NpcPlayer:
         if done is None:
             return error_record(start, "no_done")
         usage = done.usage
+        if first_frame is not None:
+            self._counts.first_frame_ms.append((first_frame - start) * 1000)
+        if done.timings is not None:
+            self._counts.server_queue_ms.append(done.timings.queue_ms)
+            self._counts.server_ttft_ms.append(done.timings.ttft_ms)
+        if usage.num_prompt_tokens:
+            self._counts.cached_fraction.append(usage.num_cached_tokens / usage.num_prompt_tokens)
         timeline = RequestTimeline(
             start, tuple(times), end, usage.num_prompt_tokens, usage.num_completion_tokens
         )
