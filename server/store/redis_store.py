@@ -6,7 +6,8 @@ Keys: `s:<tenant>:<session id>` (a hash per session, expiring at its `expires_at
 counter, PX its window), `l:<namespace>:<key>` (a list) and the
 pub/sub channel `t:<namespace>:<topic>`; tenant and namespace are percent-quoted, so they hold
 no ":". `incr` is one Lua script (INCRBY, then PEXPIRE only when it created the key), atomic
-across replicas; `append`/`extend` is RPUSH + LTRIM in one MULTI, `set_many` SETs in one. Durability is Redis': run it with
+across replicas, and so is `incr_windows` for all its windows; `append`/`extend` is RPUSH +
+LTRIM in one MULTI, `set_many` its SETs in one. Durability is Redis': run it with
 `appendonly yes` and `appendfsync always` for the guarantee of SPEC.md to cover a crash of
 Redis too (`make fleet` does), `everysec` to risk the last second.
 """

@@ -13,8 +13,8 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 
-from .codec import check_key, check_ttl
 from .base import StoreValueError
+from .codec import check_key, check_ttl
 
 
 def window_ttl(ttl_s: float) -> float:
