@@ -4,13 +4,15 @@ unique chat, link permits and escalating strikes. Knows the Store protocol only.
 Flood, duplicate, slow-mode and unique-chat windows are the store's short-window counters
 (`incr_windows`, one call per batch): atomic across a fleet's replicas, kept in the server's
 memory on a single box (a restart forgets at most one window of history), and gone on their
-own when a window passes. Strikes and permits are plain values, durable where the store is.
+own when a window passes. Permits are plain values and strikes a log of offences, durable
+where the store is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,37 +136,55 @@ Write = tuple[str, object, float | None]  # (key, value, ttl_s) for Store.set
 async def count_strikes(
     store: Store, policy: ChannelPolicy, channel: str, user_ids: Sequence[str], *, now: float
 ) -> tuple[list[Penalty], list[Write]]:
-    """The penalties of one offence per entry, and the strike records to write for them
-    (the caller writes them with its other writes: a batch's strikes and audit entries
-    share one commit on SQLite's group commit). The records are read together.
+    """The penalties of one offence per entry (a user named twice offended twice, in that
+    order), each offence durable in the store when this returns.
 
-    Strikes decay: one is forgiven per `decay_s` without offences, so the record is kept as
-    (count, time of the last offence) and decayed on read.
+    Counted once across a fleet, and under concurrent checks on one replica: each offence is
+    appended with an id of its own to the user's offence log (an atomic append on every
+    backend), and its strike number is its place in the log as read back afterwards, so two
+    offences racing on two replicas get strikes n and n+1, never n twice. Strikes decay: one
+    is forgiven per `decay_s` without offences, replayed over the log's times. The log keeps
+    the newest OFFENCES_KEPT entries, more than any ladder climbs before its ban.
+
+    The second value is kept for callers that write their records with other writes; the
+    log is written here, before any verdict can go out, so it is always empty.
     """
     ladder = policy.escalation
-    users = list(dict.fromkeys(user_ids))
-    records = await asyncio.gather(*(store.get(_strikes_key(channel, u)) for u in users))
-    counts: dict[str, int] = {}
-    for user_id, record in zip(users, records, strict=True):
-        count, last = (0, now)
-        if isinstance(record, list | tuple) and len(record) == 2:
-            count, last = int(record[0]), float(record[1])
-        if ladder.decay_s > 0:
-            count = max(0, count - int((now - last) // ladder.decay_s))
-        counts[user_id] = count
-    penalties = []
+    ids: list[str] = []
+    mine: dict[str, list[dict[str, object]]] = {}
     for user_id in user_ids:
-        counts[user_id] += 1
-        penalties.append(_penalty(ladder, counts[user_id]))
-    writes: list[Write] = [
-        (
-            _strikes_key(channel, u),
-            [counts[u], now],
-            ladder.decay_s * counts[u] if ladder.decay_s > 0 else None,
-        )
-        for u in users
-    ]
-    return penalties, writes
+        entry: dict[str, object] = {"id": secrets.token_hex(8), "at": now}
+        ids.append(str(entry["id"]))
+        mine.setdefault(user_id, []).append(entry)
+    users = list(mine)
+    keys = {u: _offences_key(channel, u) for u in users}
+    await asyncio.gather(*(store.extend(keys[u], mine[u], max_len=OFFENCES_KEPT) for u in users))
+    logs = await asyncio.gather(*(store.range(keys[u]) for u in users))
+    strike_of: dict[str, int] = {}
+    for log in logs:
+        strike_of.update(_replay(log, ladder.decay_s))
+    return [_penalty(ladder, strike_of[i]) for i in ids], []
+
+
+OFFENCES_KEPT = 64
+
+
+def _replay(log: Sequence[object], decay_s: float) -> dict[str, int]:
+    """Each offence's strike number: one more than the count before it, less one per decay_s
+    between it and the offence before (times of different replicas may run backwards a
+    little: no decay then)."""
+    count, last = 0, None
+    numbers: dict[str, int] = {}
+    for entry in log:
+        if not isinstance(entry, dict) or not isinstance(entry.get("at"), int | float):
+            continue
+        at = float(entry["at"])
+        if last is not None and decay_s > 0:
+            count = max(0, count - int(max(0.0, at - last) // decay_s))
+        count += 1
+        last = at if last is None else max(last, at)
+        numbers[str(entry.get("id"))] = count
+    return numbers
 
 
 async def write_values(store: Store, writes: Sequence[Write]) -> None:
@@ -172,8 +192,8 @@ async def write_values(store: Store, writes: Sequence[Write]) -> None:
         await store.set_many(writes)
 
 
-def _strikes_key(channel: str, user_id: str) -> str:
-    return f"strikes:{channel}:{user_id}"
+def _offences_key(channel: str, user_id: str) -> str:
+    return f"offences:{channel}:{user_id}"
 
 
 def _penalty(ladder: Escalation, count: int) -> Penalty:

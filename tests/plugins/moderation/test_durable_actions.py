@@ -77,8 +77,8 @@ async def test_a_verdict_s_action_survives_a_kill_9(tmp_path: Path) -> None:
         for message in timed_out:
             user = message["user"]
             assert isinstance(user, dict)
-            strikes = await store.get(ns, f"strikes:c1:{user['id']}")
-            assert isinstance(strikes, list) and strikes[0] == 1
+            offences = await store.range(ns, f"offences:c1:{user['id']}")
+            assert len(offences) == 1 and isinstance(offences[0], dict)
     finally:
         await store.close()
 

@@ -115,13 +115,24 @@ async def mod_request(client: BanterboxClient, frame_type: str, **payload: objec
     return frames[-1]
 
 
-async def offend(client: BanterboxClient, numbers: range) -> list[PluginFrame]:
-    """Offences of several users, sent concurrently on one connection."""
+async def offend(
+    client: BanterboxClient, numbers: range, *, user_id: str | None = None
+) -> list[PluginFrame]:
+    """Offences of several users (or all of one user), sent concurrently on one connection."""
     return await asyncio.gather(*(
         mod_request(client, "mod.check", channel="c1", message_id=f"m{n}",
-                    user={"id": f"u{n}", "name": f"U{n}"}, text=f"pineapple {n}")
+                    user={"id": user_id or f"u{n}", "name": user_id or f"U{n}"},
+                    text=f"pineapple {n}")
         for n in numbers
     ))  # fmt: skip
+
+
+def strike_of(verdict: PluginFrame) -> int:
+    reasons = verdict.payload["reasons"]
+    assert isinstance(reasons, list)
+    details = [r["detail"] for r in reasons if r["name"] == "escalation"]
+    assert len(details) == 1, reasons
+    return int(details[0].split()[1].rstrip(":"))  # "strike 3: timeout 600 s"
 
 
 async def actions_seen(client: BanterboxClient, num: int) -> set[str]:
@@ -163,6 +174,41 @@ async def test_mod_actions_from_either_replica_reach_subscribers_on_both(
             # Every action, from either replica, reaches the subscribers on both (pub/sub).
             assert await actions_seen(watch_one, NUM_OFFENCES) == everyone
             assert await actions_seen(watch_two, NUM_OFFENCES) == everyone
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def test_one_users_offences_on_two_replicas_count_one_strike_each(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    model = write_tiny_model(tmp_path)
+    (tmp_path / "banterbox.toml").write_text(MOD_CONFIG)
+    url = redis_server.url.replace("/0", "/9")
+    args = (*SERVER_ARGS, "--config", str(tmp_path / "banterbox.toml"))
+    one = ServerProcess(model, store_url=url, args=args).start()
+    two = ServerProcess(model, store_url=url, args=args).start()
+    try:
+        async with (
+            BanterboxClient.connect(one.url) as bot_one,
+            BanterboxClient.connect(two.url) as bot_two,
+        ):
+            policy = {"blocked_terms": ["pineapple"], "flood": {"limit": 0},
+                      "duplicates": {"limit": 0}}  # fmt: skip
+            await mod_request(bot_one, "mod.config", channel="c1", op="set", policy=policy)
+            half = NUM_OFFENCES // 2
+            verdicts = await asyncio.gather(
+                offend(bot_one, range(half), user_id="u1"),
+                offend(bot_two, range(half, NUM_OFFENCES), user_id="u1"),
+            )
+            # Each offence is one strike whichever replica saw it: none lost to a race between
+            # the processes (or between the concurrent checks of one), none doubled.
+            strikes = sorted(strike_of(v) for got in verdicts for v in got)
+            assert strikes == list(range(1, NUM_OFFENCES + 1))
+        store = RedisStore(url)
+        kept = await store.range("plugin\x1fmoderation\x1fdefault", "offences:c1:u1")
+        await store.close()
+        assert len(kept) == NUM_OFFENCES
     finally:
         one.stop()
         two.stop()
