@@ -164,6 +164,14 @@ class Store(Protocol):
         """`append` of each value, in order, in one write."""
         ...
 
+    async def append_logs(
+        self, items: Sequence[tuple[str, Sequence[JSON], int | None]]
+    ) -> builtins.list[builtins.list[JSON]]:
+        """`extend` of each (key, values, max_len) in one call; each log's entries after its
+        append. Atomic per log, on a fleet too: a caller finds its own entries' places among
+        concurrent appends (an ordinal counted once across replicas, such as a strike)."""
+        ...
+
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSON]:
         """Entries start to stop inclusive, oldest first; negatives count from the end."""
         ...

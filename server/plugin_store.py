@@ -53,5 +53,10 @@ class PluginStore:
     ) -> None:
         await self._store.extend(self._ns, key, values, max_len)
 
+    async def append_logs(
+        self, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+    ) -> builtins.list[builtins.list[JSONValue]]:
+        return await self._store.append_logs(self._ns, items)
+
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSONValue]:
         return await self._store.range(self._ns, key, start, stop)

@@ -10,7 +10,6 @@ where the store is.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -156,10 +155,9 @@ async def count_strikes(
         entry: dict[str, object] = {"id": secrets.token_hex(8), "at": now}
         ids.append(str(entry["id"]))
         mine.setdefault(user_id, []).append(entry)
-    users = list(mine)
-    keys = {u: _offences_key(channel, u) for u in users}
-    await asyncio.gather(*(store.extend(keys[u], mine[u], max_len=OFFENCES_KEPT) for u in users))
-    logs = await asyncio.gather(*(store.range(keys[u]) for u in users))
+    logs = await store.append_logs(
+        [(_offences_key(channel, u), entries, OFFENCES_KEPT) for u, entries in mine.items()]
+    )
     strike_of: dict[str, int] = {}
     for log in logs:
         strike_of.update(_replay(log, ladder.decay_s))

@@ -41,6 +41,12 @@ class Store(Protocol):
         self, key: str, values: Sequence[Any], *, max_len: int | None = None
     ) -> None: ...
 
+    async def append_logs(
+        self, items: Sequence[tuple[str, Sequence[Any], int | None]]
+    ) -> builtins.list[builtins.list[Any]]:
+        """`extend` of each (key, values, max_len); each log after its append (atomic per log)."""
+        ...
+
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[Any]:
         """Entries `start` to `stop` inclusive, oldest first; negatives count from the end."""
         ...
@@ -108,6 +114,15 @@ class MemoryStore:
     async def extend(self, key: str, values: Sequence[Any], *, max_len: int | None = None) -> None:
         for value in values:
             await self.append(key, value, max_len=max_len)
+
+    async def append_logs(
+        self, items: Sequence[tuple[str, Sequence[Any], int | None]]
+    ) -> builtins.list[builtins.list[Any]]:
+        logs = []
+        for key, values, max_len in items:
+            await self.extend(key, values, max_len=max_len)
+            logs.append(list(self._logs.get(key, [])))
+        return logs
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[Any]:
         log = self._logs.get(key, [])

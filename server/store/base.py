@@ -188,6 +188,14 @@ class Store(abc.ABC):
         """`append` of each value, in order, in one write; then the newest `max_len` stay."""
 
     @abc.abstractmethod
+    async def append_logs(
+        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+    ) -> builtins.list[builtins.list[JSONValue]]:
+        """`extend` of each (key, values, max_len), in one call; each log's entries after its
+        append, oldest first. Atomic per log (no other write comes between a log's append and
+        its read), so a caller finds its own entries' places among concurrent appends."""
+
+    @abc.abstractmethod
     async def range(
         self, ns: str, key: str, start: int = 0, stop: int = -1
     ) -> builtins.list[JSONValue]:

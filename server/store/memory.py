@@ -142,6 +142,15 @@ class MemoryStore(LocalWindows, Store):
         if max_len is not None and len(entries) > max_len:
             del entries[: len(entries) - max_len]
 
+    async def append_logs(
+        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+    ) -> builtins.list[builtins.list[JSONValue]]:
+        logs = []
+        for key, values, max_len in items:  # no await inside: atomic on the event loop
+            await self.extend(ns, key, values, max_len)
+            logs.append([load_value(raw) for raw in self._logs.get((ns, key), [])])
+        return logs
+
     async def range(
         self, ns: str, key: str, start: int = 0, stop: int = -1
     ) -> builtins.list[JSONValue]:

@@ -271,6 +271,28 @@ class RedisStore(Store):
             pipe.ltrim(log_key, -max_len, -1)
         await self._call(pipe.execute())
 
+    async def append_logs(
+        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+    ) -> builtins.list[builtins.list[JSONValue]]:
+        if not items:
+            return []
+        pipe = self._redis.pipeline(transaction=True)  # MULTI: no other write comes between
+        for key, values, max_len in items:
+            log_key, max_len = self._log_key(ns, key), check_max_len(max_len)
+            raws = [dump_value(value) for value in values]
+            if raws:
+                pipe.rpush(log_key, *raws)
+            if max_len is not None:
+                pipe.ltrim(log_key, -max_len, -1)
+            pipe.lrange(log_key, 0, -1)
+        replies = await self._call(pipe.execute())
+        logs, n = [], 0
+        for _, values, max_len in items:
+            n += (1 if values else 0) + (1 if max_len is not None else 0)
+            logs.append([load_value(raw) for raw in replies[n]])
+            n += 1
+        return logs
+
     async def range(
         self, ns: str, key: str, start: int = 0, stop: int = -1
     ) -> builtins.list[JSONValue]:

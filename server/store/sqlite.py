@@ -340,25 +340,30 @@ class SqliteStore(LocalWindows, Store):
     ) -> None:
         check_key(key)
         raws, max_len = [dump_value(value) for value in values], check_max_len(max_len)
-        if not raws:
-            return
+        if raws:
+            await self._call(lambda db: _push(db, ns, key, raws, max_len))
 
-        def push(db: sqlite3.Connection) -> None:
-            first, last = db.execute(
-                "SELECT MIN(seq), MAX(seq) FROM logs WHERE ns = ? AND key = ?", (ns, key)
-            ).fetchone()
-            start = (last or 0) + 1
-            rows = [(ns, key, start + n, raw) for n, raw in enumerate(raws)]
-            db.executemany("INSERT INTO logs VALUES (?, ?, ?, ?)", rows)
-            seq = start + len(raws) - 1
-            # Sequence numbers are contiguous (only the oldest are ever trimmed).
-            if max_len is not None and seq - (first or start) + 1 > max_len:
-                db.execute(
-                    "DELETE FROM logs WHERE ns = ? AND key = ? AND seq <= ?",
-                    (ns, key, seq - max_len),
-                )
+    async def append_logs(
+        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+    ) -> builtins.list[builtins.list[JSONValue]]:
+        pushes = [
+            (check_key(key), [dump_value(v) for v in values], check_max_len(max_len))
+            for key, values, max_len in items
+        ]
 
-        await self._call(push)
+        def push_and_read(db: sqlite3.Connection) -> builtins.list[builtins.list[str]]:
+            logs = []
+            for key, raws, max_len in pushes:  # one transaction: nothing comes between
+                _push(db, ns, key, raws, max_len)
+                rows = db.execute(
+                    "SELECT value FROM logs WHERE ns = ? AND key = ? ORDER BY seq", (ns, key)
+                ).fetchall()
+                logs.append([row[0] for row in rows])
+            return logs
+
+        if not pushes:
+            return []
+        return [[load_value(raw) for raw in log] for log in await self._call(push_and_read)]
 
     async def range(
         self, ns: str, key: str, start: int = 0, stop: int = -1
@@ -386,3 +391,21 @@ class SqliteStore(LocalWindows, Store):
 
     async def subscribe(self, ns: str, topic: str) -> Subscription:
         return self._fanout.subscribe((ns, check_key(topic, what="topic")))
+
+
+def _push(db: sqlite3.Connection, ns: str, key: str, raws: list[str], max_len: int | None) -> None:
+    """Append raw entries to a log and trim it to its newest max_len (inside a transaction)."""
+    if not raws:
+        return
+    first, last = db.execute(
+        "SELECT MIN(seq), MAX(seq) FROM logs WHERE ns = ? AND key = ?", (ns, key)
+    ).fetchone()
+    start = (last or 0) + 1
+    rows = [(ns, key, start + n, raw) for n, raw in enumerate(raws)]
+    db.executemany("INSERT INTO logs VALUES (?, ?, ?, ?)", rows)
+    seq = start + len(raws) - 1
+    # Sequence numbers are contiguous (only the oldest are ever trimmed).
+    if max_len is not None and seq - (first or start) + 1 > max_len:
+        db.execute(
+            "DELETE FROM logs WHERE ns = ? AND key = ? AND seq <= ?", (ns, key, seq - max_len)
+        )

@@ -176,3 +176,22 @@ async def test_topics_deliver_in_order_within_their_namespace(store: Store) -> N
 async def test_ping_writes(store: Store) -> None:
     await store.ping()
     assert store.available and store.last_error == ""
+
+
+async def test_append_logs_appends_many_and_reads_each_back_atomically(store: Store) -> None:
+    assert await store.append_logs(NS, []) == []
+    logs = await store.append_logs(NS, [("a", [1, 2], None), ("b", [], None), ("c", [9], 2)])
+    assert logs == [[1, 2], [], [9]]
+    assert await store.append_logs(NS, [("c", [10, 11], 2), ("a", [3], None)]) == [
+        [10, 11],
+        [1, 2, 3],
+    ]
+    # Concurrent appenders each find their own entry once, at distinct places.
+    answers = await asyncio.gather(
+        *(store.append_logs(NS, [("race", [{"who": n}], None)]) for n in range(20))
+    )
+    places = sorted(log.index({"who": n}) for n, (log,) in enumerate(answers))
+    assert places == list(range(20))
+    with pytest.raises(StoreValueError):
+        await store.append_logs(NS, [("a", [float("nan")], None)])
+    assert await store.range(NS, "a") == [1, 2, 3]
