@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -256,6 +257,15 @@ def summarize(
     }
 
 
+def _model_label(model: Path) -> str:
+    """The model by file name and sha256: no machine paths in committed results."""
+    digest = hashlib.sha256()
+    with model.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{model.name} (sha256 {digest.hexdigest()})"
+
+
 def run(args: argparse.Namespace) -> int:
     from server.pull import default_model_path
 
@@ -296,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     files = write_report(
         args.json or default_json_path("compare"),
         scenario="compare",
-        config={**config_of(args), "model": str(model)},
+        config={**config_of(args), "model": _model_label(model)},
         series=sweeps,
         summary=summary,
         notes=notes,
