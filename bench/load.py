@@ -24,6 +24,18 @@ from .report import LevelResult, level_result
 
 CONNECT_FAILED = "connect_failed"  # a client-side code: the player could not open at all
 
+# A load generator is one source address, and the server lets only a few sockets per address
+# wait for their hello (server.max_unauthenticated_per_address, 8): players open through at
+# most this many handshakes at once, as players on many machines would not collide there.
+HANDSHAKES_AT_ONCE = 4
+_handshakes: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def handshake_slot() -> asyncio.Semaphore:
+    """Hold while a player connects and says hello (released once it is welcomed)."""
+    loop = asyncio.get_running_loop()
+    return _handshakes.setdefault(loop, asyncio.Semaphore(HANDSHAKES_AT_ONCE))
+
 
 def poisson_arrivals(rate_per_s: float, rng: random.Random) -> Iterator[float]:
     """Arrival offsets in seconds of a Poisson process: exponential gaps of mean 1/rate."""

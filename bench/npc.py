@@ -32,6 +32,7 @@ from .load import (
     PlayerOpenError,
     TurnRecord,
     error_record,
+    handshake_slot,
     run_sweep,
 )
 from .metrics import RequestTimeline
@@ -129,9 +130,10 @@ def banterbox_opener(
 
         async with contextlib.AsyncExitStack() as stack:
             try:
-                client = await stack.enter_async_context(
-                    BanterboxClient.connect(url, api_key=api_key, client_name="banterbox-bench")
-                )
+                async with handshake_slot():
+                    client = await stack.enter_async_context(
+                        BanterboxClient.connect(url, api_key=api_key, client_name="banterbox-bench")
+                    )
                 session = await client.open_session()
             except (OSError, TimeoutError, WebSocketException, BanterboxError) as exc:
                 raise PlayerOpenError(CONNECT_FAILED, str(exc)) from exc
@@ -432,9 +434,10 @@ def npc_opener(
         player_id = f"{prefix}{index}"
         async with contextlib.AsyncExitStack() as stack:
             try:
-                client = await stack.enter_async_context(
-                    BanterboxClient.connect(url, api_key=api_key, client_name="banterbox-bench")
-                )
+                async with handshake_slot():
+                    client = await stack.enter_async_context(
+                        BanterboxClient.connect(url, api_key=api_key, client_name="banterbox-bench")
+                    )
                 player = NpcPlayer(
                     client,
                     cards[index % len(cards)],

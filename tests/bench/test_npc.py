@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
 from server_harness import running_server, url_of, write_tiny_model
 
 from bench.__main__ import main
-from bench.npc import CORPUS, load_lines, load_persona
+from bench.npc import CORPUS, banterbox_opener, load_lines, load_persona
 
 
 def test_the_corpus_has_personas_and_lines() -> None:
@@ -60,3 +61,15 @@ async def test_npc_at_concurrency_two_writes_latency_and_goodput_figures(tmp_pat
     assert level["num_cached_tokens"] > 0
     assert out.with_suffix(".md").is_file()
     assert (tmp_path / "npc-latency.png").is_file()
+
+
+async def test_many_players_opening_at_once_from_one_address_all_get_in(tmp_path: Path) -> None:
+    # The server lets 8 sockets per address wait for hello; a load generator is one address.
+    num_players = 24
+    async with running_server(write_tiny_model(tmp_path)) as server:
+        open_player = banterbox_opener(url_of(server), "You are Brom.", max_tokens=4, sampling={})
+        async with contextlib.AsyncExitStack() as stack:
+            players = await asyncio.gather(
+                *(stack.enter_async_context(open_player(i)) for i in range(num_players))
+            )
+            assert len(players) == num_players
