@@ -91,6 +91,11 @@ async function say(event) {
     if (end.type === "npc.interrupted") {
       speech.textContent = end.text;
       addEvent(line, "cut", `interrupted after ${end.heard_chars} chars`);
+    } else if (end.type === "npc.refused" || end.type === "npc.replaced") {
+      // Moderation (the card's [safety]): the player's line was blocked, or the reply failed
+      // output moderation; the game shows the card's line instead of what streamed.
+      speech.textContent = end.text;
+      addEvent(line, "moderated", end.type === "npc.refused" ? "refused by moderation" : "replaced by moderation");
     } else {
       addEvent(line, "", end.finish_reason);
     }

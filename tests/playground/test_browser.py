@@ -28,7 +28,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "tmp" / "artifacts" / "playgro
 WAIT_MS = 60_000
 CLICK_MS = 2_000  # the interrupt button is enabled only while the NPC speaks
 MAX_TRIES = 5
-FINISHED = re.compile(r"^(stop|length)$")  # the finish_reason the page shows at the end
+# The page's last chip of a turn: its finish_reason, or moderation replacing the random
+# model's line (the sample cards check NPC output when the moderation plugin is loaded).
+FINISHED = re.compile(r"^(stop|length|replaced by moderation)$")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -90,9 +90,11 @@ static class LiveTests
             int mainThread = Thread.CurrentThread.ManagedThreadId;
             say.OnFrame += f => { Assert(Thread.CurrentThread.ManagedThreadId == mainThread, "off the main thread"); types.Add(f.Str("type")); };
             while (!say.Result.IsCompleted) { bb.Update(); Thread.Sleep(5); } // a game loop's frames
-            Assert(say.Result.Result.Str("type") == "done", "done");
+            // done, or npc.replaced when the random test model's line fails output moderation
+            string end = say.Result.Result.Str("type");
+            Assert(end == "done" || end == "npc.replaced", end);
             Assert(types[0] == "npc.session", types[0]);
-            Assert(types.All(t => new[] { "npc.session", "delta", "npc.emotion", "npc.action", "done" }.Contains(t)), string.Join(",", types));
+            Assert(types.All(t => new[] { "npc.session", "delta", "npc.emotion", "npc.action", "done", "npc.replaced" }.Contains(t)), string.Join(",", types));
             Assert(!say.Text.Contains("["), "markup in speech");
         }
     }

@@ -115,9 +115,10 @@ describe("a live server", { skip: URL_ ? false : "set BANTERBOX_URL" }, () => {
     const events = [];
     say.on("*", (frame) => events.push(frame.type));
     const end = await say.result;
-    assert.equal(end.type, "done");
+    // done, or npc.replaced when the random test model's line fails output moderation
+    assert.ok(["done", "npc.replaced"].includes(end.type), end.type);
     assert.equal(events[0], "npc.session");
-    for (const type of events) assert.ok(["npc.session", "delta", "npc.emotion", "npc.action", "done"].includes(type), type);
+    for (const type of events) assert.ok(["npc.session", "delta", "npc.emotion", "npc.action", "done", "npc.replaced"].includes(type), type);
     assert.doesNotMatch(say.text, /\[|\]/);
 
     // A random model's turn may end before the interrupt lands: then it is tried again.
