@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .load import poisson_arrivals
 from .metrics import RequestTimeline
 from .npc import load_lines
-from .report import default_json_path, level_result, write_report
+from .report import default_json_path, level_result, write_json, write_report
 
 MODERATION_FRAME = "mod.check"
 BATCH_FRAME = "mod.check_batch"
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         result = asyncio.run(_compare_stores(args))
         path = args.json or default_json_path("chat-batch-stores")
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(path, result)
         print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
         return 0
     if args.batch > 0:
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"bench chat: {exc}")
             return 1
         path = args.json or default_json_path("chat-batch")
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(path, result)
         print(json.dumps(result, indent=2))
         return 0
     started = time.perf_counter()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -28,6 +27,8 @@ from server.engine.config import EngineConfig
 from server.engine.llm import LLM
 from server.engine.types import Constraint, Priority, SamplingParams
 from server.pull import default_model_path
+
+from .report import write_json
 
 SCHEMA = {
     "type": "object",
@@ -216,8 +217,7 @@ def run(args: argparse.Namespace) -> int:
     }
     _print(report)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

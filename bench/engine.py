@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -27,6 +26,7 @@ from server.engine.types import SamplingParams
 from server.pull import default_model_path
 
 from .peers import llama_cpp
+from .report import write_json
 
 
 def add_arguments(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -246,6 +246,5 @@ def run(args: argparse.Namespace) -> int:
     }
     _print_table(report)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ from server.store.redis_store import RedisStore
 from .faults_cost import PERSONA, CostResult, Setup, commit_ms, cost
 from .fuzz import model_record
 from .procs import RedisServer, ServerProcess
+from .report import write_json
 
 SCENARIOS = ("kill9", "redis-restart", "replica-kill", "read-only", "disk-full")
 TENANT = "default"  # the tenant of a server without keys
@@ -450,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.json is not None:
         report = {"command": command_line(args), "model": model_record(model.name, model), **report}
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
         args.json.with_suffix(".md").write_text(
             f"# {'Durability cost' if args.cost else 'Faults'}\n\n`{command_line(args)}` "
             f"(model {model.name})\n\n{text}\n"

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-import json
 import os
 import random
 import time
@@ -41,6 +40,7 @@ from .fuzz_run import (
     http_get,
     normal_turn,
 )
+from .report import write_json
 
 # Gauges of server/metrics.py read after a run; each must be 0 on a server left idle.
 LEAK_GAUGES = (
@@ -434,6 +434,5 @@ def run(args: argparse.Namespace) -> int:
     report = asyncio.run(_run(args))
     print_table(report)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0 if not report["failures"] else 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import time
@@ -30,6 +29,8 @@ from plugins.moderation.policy import parse_policy
 from plugins.moderation.profanity import ProfanityModel
 from plugins.moderation.rules import CompiledChannel
 from plugins.moderation.store import MemoryStore
+
+from .report import write_json
 
 CORPUS = Path(__file__).with_name("corpus")
 SPLITS = ("tune", "heldout")
@@ -151,8 +152,7 @@ def run(args: argparse.Namespace) -> int:
         "results": results,
         "learning_curve": curve,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json, report)
     for split, table in results.items():
         print(f"\n{split}: system | n | precision | recall | F1 | FPR")
         for name, s in table.items():

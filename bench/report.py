@@ -210,6 +210,12 @@ def write_report(
     return ReportFiles(json_path, markdown_path, pngs, markdown)
 
 
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    """A bench result as indented JSON, its folder made when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
 def default_json_path(scenario: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(__file__).with_name("results") / f"{scenario}-{stamp}.json"
