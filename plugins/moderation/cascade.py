@@ -17,7 +17,7 @@ from .folding import fold
 from .judge import Ruling
 from .policy import ChannelPolicy
 from .rules import CompiledChannel
-from .state import Penalty, Sender, Write, check_windows, count_strikes, take_permit, write_values
+from .state import Penalty, Sender, check_windows, count_strikes, take_permit
 from .store import Store
 from .verdict import Action, Finding, Reason, Source, Verdict
 
@@ -47,8 +47,7 @@ class _Fast:
 
 @dataclass(frozen=True, kw_only=True)
 class Decided:
-    verdicts: list[Verdict]
-    writes: list[Write]  # strike records, to be written before any verdict is sent
+    verdicts: list[Verdict]  # their offences already counted in the store
 
 
 MemoKey = tuple[int, str, frozenset[str]]
@@ -102,9 +101,8 @@ class Cascade:
         *,
         examples: ExampleModel | None = None,
     ) -> list[Verdict]:
-        """Verdicts in input order, their strikes written."""
+        """Verdicts in input order, their strikes counted."""
         decided = await self.decide(channel_name, channel, messages, examples=examples)
-        await write_values(self._store, decided.writes)
         return decided.verdicts
 
     async def decide(
@@ -145,14 +143,14 @@ class Cascade:
             (i, d) for i, d in decided
             if escalation.enabled and d.action in ESCALATED
         ]  # fmt: skip
-        penalties, writes = await count_strikes(
+        penalties = await count_strikes(
             self._store, channel.policy, channel_name,
             [messages[i].user_id for i, _ in offending], now=self._clock(),
         )  # fmt: skip
         penalty_of = {i: p for (i, _), p in zip(offending, penalties, strict=True)}
         for i, decision in decided:
             verdicts[i] = decision.verdict(penalty_of.get(i))
-        return Decided(verdicts=verdicts, writes=writes)  # type: ignore[arg-type]
+        return Decided(verdicts=verdicts)  # type: ignore[arg-type]
 
     async def _pure_all(self, channel: CompiledChannel, messages: Sequence[Message]) -> list[_Fast]:
         """The text-only layers of every message: memo hits, then one classifier call for the

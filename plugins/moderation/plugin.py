@@ -140,8 +140,7 @@ class ModerationPlugin(BasePlugin):
         now = time.time()
         entries = [_verdict_entry(m, v, at=now) for m, v in acting]
         policy = compiled.policy
-        values = list(decided.writes)  # strike records, then the holds
-        values += [
+        values = [
             hold_value(channel, {**e, "expires_at": now + policy.hold_s}, hold_s=policy.hold_s)
             for (_, v), e in zip(acting, entries, strict=True)
             if v.action is Action.HOLD

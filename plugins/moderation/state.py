@@ -123,18 +123,13 @@ async def strikes(
     store: Store, policy: ChannelPolicy, channel: str, user_ids: Sequence[str], *, now: float
 ) -> list[Penalty]:
     """One offence per entry (a user named twice offended twice, in that order); each
-    penalty the escalation ladder gives, the records written when this returns."""
-    penalties, writes = await count_strikes(store, policy, channel, user_ids, now=now)
-    await write_values(store, writes)
-    return penalties
-
-
-Write = tuple[str, object, float | None]  # (key, value, ttl_s) for Store.set
+    penalty the escalation ladder gives, the offences durable when this returns."""
+    return await count_strikes(store, policy, channel, user_ids, now=now)
 
 
 async def count_strikes(
     store: Store, policy: ChannelPolicy, channel: str, user_ids: Sequence[str], *, now: float
-) -> tuple[list[Penalty], list[Write]]:
+) -> list[Penalty]:
     """The penalties of one offence per entry (a user named twice offended twice, in that
     order), each offence durable in the store when this returns.
 
@@ -144,9 +139,6 @@ async def count_strikes(
     offences racing on two replicas get strikes n and n+1, never n twice. Strikes decay: one
     is forgiven per `decay_s` without offences, replayed over the log's times. The log keeps
     the newest OFFENCES_KEPT entries, more than any ladder climbs before its ban.
-
-    The second value is kept for callers that write their records with other writes; the
-    log is written here, before any verdict can go out, so it is always empty.
     """
     ladder = policy.escalation
     ids: list[str] = []
@@ -161,7 +153,7 @@ async def count_strikes(
     strike_of: dict[str, int] = {}
     for log in logs:
         strike_of.update(_replay(log, ladder.decay_s))
-    return [_penalty(ladder, strike_of[i]) for i in ids], []
+    return [_penalty(ladder, strike_of[i]) for i in ids]
 
 
 OFFENCES_KEPT = 64
@@ -183,11 +175,6 @@ def _replay(log: Sequence[object], decay_s: float) -> dict[str, int]:
         last = at if last is None else max(last, at)
         numbers[str(entry.get("id"))] = count
     return numbers
-
-
-async def write_values(store: Store, writes: Sequence[Write]) -> None:
-    if writes:
-        await store.set_many(writes)
 
 
 def _offences_key(channel: str, user_id: str) -> str:
