@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The quantized-matmul kernels compile into the venv on the first setup (about a minute);
+# The C++ kernels (quantized matmul, paged attention) compile into the venv on the first setup (about a minute);
 # after that this only checks they are current.
 setup: $(STAMP)
 	$(PY) -m server.engine.kernels

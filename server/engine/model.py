@@ -65,6 +65,7 @@ class AttentionMetadata:
     num_decode_tokens: int  # the first tokens of the batch are decodes, one per sequence
     decode_blocks: torch.Tensor | None  # (D, B) block table of each decode row, padded
     decode_mask: torch.Tensor | None  # (D, B * block_size) True where the key is visible
+    decode_lengths: torch.Tensor | None  # (D,) int64 keys each decode row sees (its position + 1)
     prefills: tuple[PrefillSpan, ...]
 
 
@@ -161,6 +162,9 @@ class Transformer:
         # Packed models also take the C++ RMSNorm and SiLU-mul (one op each where torch runs
         # several); the dense float32 reference mode stays on torch's own ops.
         self._fused = load_kernels() if packed else None
+        # ... and decode attention reads the paged cache in place (kernels/attention.cpp), where
+        # the reference mode gathers each row's blocks and runs torch's batched matmuls.
+        self._paged_decode = self._fused is not None and config.head_dim in (16, 32, 64, 128)
 
         def w(name: str) -> torch.Tensor:
             tensor = tensors[name]
@@ -289,13 +293,14 @@ class Transformer:
         c = self.config
         x = self.embed(token_ids)  # (T, H)
         rot = self.rotation(positions)
-        decode_bias = self._decode_bias(meta)
+        paged = self._paged_decode and kv[0].shape[3] % 8 == 0  # the kernel reads 8 keys at once
+        decode_bias = None if paged else self._decode_bias(meta)
         for layer, cache in zip(self.layers, kv, strict=True):
             h = self._rms_norm(x, layer.input_norm)
             q, k, v = self._qkv(layer, h, rot)
             by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
             by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
-            attn = self._paged_attention(q, k, v, cache, meta, decode_bias)  # (T, nh*hd)
+            attn = self._paged_attention(q, k, v, cache, meta, decode_bias, paged)  # (T, nh*hd)
             x = x + layer.o_proj(attn)
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))
         return self.logits(x[logits_indices])
@@ -308,15 +313,26 @@ class Transformer:
         cache: torch.Tensor,
         meta: AttentionMetadata,
         decode_bias: torch.Tensor | None,
+        paged: bool,
     ) -> torch.Tensor:
+        """paged: decode rows on the C++ kernel, reading the cache in place; else gathered."""
         c = self.config
         num_decode = meta.num_decode_tokens
-        decoded = None
-        if num_decode:
+        decoded: torch.Tensor | None = None
+        if num_decode and paged:
+            assert meta.decode_blocks is not None and meta.decode_lengths is not None
+            decoded = self._fused.paged_decode_attention(  # type: ignore[union-attr]
+                q[:num_decode].reshape(num_decode, -1),
+                cache,
+                meta.decode_blocks,
+                meta.decode_lengths,
+                c.head_dim**-0.5,
+            )
+        elif num_decode:
             assert meta.decode_blocks is not None and decode_bias is not None
             decoded = self._decode_attention(q[:num_decode], cache, meta.decode_blocks, decode_bias)
-            if not meta.prefills:
-                return decoded  # a decode-only step: no packing copy
+        if decoded is not None and not meta.prefills:
+            return decoded  # a decode-only step: no packing copy
         out = torch.empty(q.shape[0], c.num_heads * c.head_dim, device=q.device, dtype=q.dtype)
         if decoded is not None:
             out[:num_decode] = decoded

@@ -1,5 +1,6 @@
-"""Builds and loads the C++ quantized-matmul kernels (quant.cpp) as torch.ops.banterbox.*.
-Touches no model state."""
+"""Builds and loads the C++ kernels as torch.ops.banterbox.*: the quantized matmul, RMSNorm and
+SiLU-mul (quant.cpp), and decode attention over the paged KV cache (attention.cpp). Touches no
+model state."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from ..errors import ModelLoadError
 
-SOURCE = Path(__file__).with_name("quant.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("quant.cpp", "attention.cpp")]
 # Zen 3 / Haswell and later; the kernels use no AVX-512.
 _CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 
@@ -24,8 +25,7 @@ def build_directory() -> Path:
 
 @functools.cache
 def load(*, verbose: bool = False) -> Any:
-    """torch.ops.banterbox (qmatmul, dequantize), built with ninja on first use (a minute) and
-    only checked after."""
+    """torch.ops.banterbox, built with ninja on first use (a minute) and only checked after."""
     from torch.utils.cpp_extension import load as load_extension
 
     directory = build_directory()
@@ -33,7 +33,7 @@ def load(*, verbose: bool = False) -> Any:
     try:
         load_extension(
             name="banterbox_quant",
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(directory),
@@ -41,5 +41,5 @@ def load(*, verbose: bool = False) -> Any:
             verbose=verbose,
         )
     except (RuntimeError, OSError, ImportError) as exc:
-        raise ModelLoadError(f"cannot build the quantized-matmul kernels: {exc}") from exc
+        raise ModelLoadError(f"cannot build the C++ kernels: {exc}") from exc
     return torch.ops.banterbox

@@ -6,4 +6,4 @@ from . import build_directory, load
 
 if __name__ == "__main__":
     load(verbose=False)
-    print(f"banterbox: quantized-matmul kernels built in {build_directory()}")
+    print(f"banterbox: C++ kernels built in {build_directory()}")
