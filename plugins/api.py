@@ -165,11 +165,14 @@ class Store(Protocol):
         ...
 
     async def append_logs(
-        self, items: Sequence[tuple[str, Sequence[JSON], int | None]]
+        self, items: Sequence[tuple[str, Sequence[JSON], int | None]], *, durable: bool = True
     ) -> builtins.list[builtins.list[JSON]]:
         """`extend` of each (key, values, max_len) in one call; each log's entries after its
         append. Atomic per log, on a fleet too: a caller finds its own entries' places among
-        concurrent appends (an ordinal counted once across replicas, such as a strike)."""
+        concurrent appends (an ordinal counted once across replicas, such as a strike).
+        `durable=False`: committed and seen at once, survives a crash of the server, but its
+        sync to disk may wait for the next durable write (SQLite FULL: the next fsync); for
+        entries that a durable write always follows before anything is acknowledged."""
         ...
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSON]:

@@ -54,9 +54,9 @@ class PluginStore:
         await self._store.extend(self._ns, key, values, max_len)
 
     async def append_logs(
-        self, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+        self, items: Sequence[tuple[str, Sequence[JSONValue], int | None]], *, durable: bool = True
     ) -> builtins.list[builtins.list[JSONValue]]:
-        return await self._store.append_logs(self._ns, items)
+        return await self._store.append_logs(self._ns, items, durable=durable)
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[JSONValue]:
         return await self._store.range(self._ns, key, start, stop)

@@ -112,11 +112,14 @@ class Cascade:
         messages: Sequence[Message],
         *,
         examples: ExampleModel | None = None,
+        durable: bool = True,
     ) -> Decided:
-        """Verdicts in input order, and the strike records the caller must write before it
-        acts on them. A batch is one classifier call, one store call for its windows, one
-        round of strike reads and one judge call; a line seen before (memo) is not folded
-        or matched again, and an allowed one reuses its verdict."""
+        """Verdicts in input order, their offences committed in the store. A batch is one
+        classifier call, one store call for its windows, one round of strike reads and one
+        judge call; a line seen before (memo) is not folded or matched again, and an allowed
+        one reuses its verdict. `durable=False` leaves the offences' disk sync to the
+        caller's next durable write, which it must make before it acts on the verdicts
+        (the plugin writes every acting verdict's audit entry: an offence is one)."""
         exempt_roles = channel.policy.exempt_roles
         todo = [i for i, m in enumerate(messages) if not (m.roles and m.roles & exempt_roles)]
         pure = await self._pure_all(channel, [messages[i] for i in todo])
@@ -145,7 +148,7 @@ class Cascade:
         ]  # fmt: skip
         penalties = await count_strikes(
             self._store, channel.policy, channel_name,
-            [messages[i].user_id for i, _ in offending], now=self._clock(),
+            [messages[i].user_id for i, _ in offending], now=self._clock(), durable=durable,
         )  # fmt: skip
         penalty_of = {i: p for (i, _), p in zip(offending, penalties, strict=True)}
         for i, decision in decided:

@@ -129,7 +129,12 @@ class ModerationPlugin(BasePlugin):
             clock=time.time,
         )
         examples = await self._example_model(ctx, store, channel, compiled.policy)
-        decided = await cascade.decide(channel, compiled, messages, examples=examples)
+        # The offences are committed without a sync of their own: every offence is an acting
+        # verdict, whose audit entry is written durably below, and that write's sync covers
+        # them (one fsync a batch on SQLite FULL, not two).
+        decided = await cascade.decide(
+            channel, compiled, messages, examples=examples, durable=False
+        )
         # Acknowledged means durable: the batch's strikes, and each action's audit entry and
         # hold, are written (together: one commit on SQLite's group commit) before the caller
         # sends a verdict; subscribers hear of them after that.

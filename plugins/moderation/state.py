@@ -128,10 +128,18 @@ async def strikes(
 
 
 async def count_strikes(
-    store: Store, policy: ChannelPolicy, channel: str, user_ids: Sequence[str], *, now: float
+    store: Store,
+    policy: ChannelPolicy,
+    channel: str,
+    user_ids: Sequence[str],
+    *,
+    now: float,
+    durable: bool = True,
 ) -> list[Penalty]:
     """The penalties of one offence per entry (a user named twice offended twice, in that
-    order), each offence durable in the store when this returns.
+    order), each offence committed in the store when this returns; `durable=False` for a
+    caller whose next write, durable, comes before it acts (the plugin's audit entries of
+    the same verdicts): the two then share one disk sync.
 
     Counted once across a fleet, and under concurrent checks on one replica: each offence is
     appended with an id of its own to the user's offence log (an atomic append on every
@@ -148,7 +156,8 @@ async def count_strikes(
         ids.append(str(entry["id"]))
         mine.setdefault(user_id, []).append(entry)
     logs = await store.append_logs(
-        [(_offences_key(channel, u), entries, OFFENCES_KEPT) for u, entries in mine.items()]
+        [(_offences_key(channel, u), entries, OFFENCES_KEPT) for u, entries in mine.items()],
+        durable=durable,
     )
     strike_of: dict[str, int] = {}
     for log in logs:

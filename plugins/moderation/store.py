@@ -42,9 +42,10 @@ class Store(Protocol):
     ) -> None: ...
 
     async def append_logs(
-        self, items: Sequence[tuple[str, Sequence[Any], int | None]]
+        self, items: Sequence[tuple[str, Sequence[Any], int | None]], *, durable: bool = True
     ) -> builtins.list[builtins.list[Any]]:
-        """`extend` of each (key, values, max_len); each log after its append (atomic per log)."""
+        """`extend` of each (key, values, max_len); each log after its append (atomic per log).
+        `durable=False`: its disk sync may wait for the next durable write."""
         ...
 
     async def range(self, key: str, start: int = 0, stop: int = -1) -> builtins.list[Any]:
@@ -116,7 +117,7 @@ class MemoryStore:
             await self.append(key, value, max_len=max_len)
 
     async def append_logs(
-        self, items: Sequence[tuple[str, Sequence[Any], int | None]]
+        self, items: Sequence[tuple[str, Sequence[Any], int | None]], *, durable: bool = True
     ) -> builtins.list[builtins.list[Any]]:
         logs = []
         for key, values, max_len in items:

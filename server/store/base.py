@@ -189,11 +189,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append_logs(
-        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+        self,
+        ns: str,
+        items: Sequence[tuple[str, Sequence[JSONValue], int | None]],
+        *,
+        durable: bool = True,
     ) -> builtins.list[builtins.list[JSONValue]]:
         """`extend` of each (key, values, max_len), in one call; each log's entries after its
         append, oldest first. Atomic per log (no other write comes between a log's append and
-        its read), so a caller finds its own entries' places among concurrent appends."""
+        its read), so a caller finds its own entries' places among concurrent appends.
+
+        `durable=False` defers the disk sync: committed and seen by every caller when this
+        returns, and it survives a kill -9 of the server, but a backend that syncs each
+        commit (SQLite FULL) may leave it to the next durable write to reach the disk. For
+        entries that a durable write always follows before anything is acknowledged."""
 
     @abc.abstractmethod
     async def range(

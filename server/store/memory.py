@@ -143,7 +143,11 @@ class MemoryStore(LocalWindows, Store):
             del entries[: len(entries) - max_len]
 
     async def append_logs(
-        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+        self,
+        ns: str,
+        items: Sequence[tuple[str, Sequence[JSONValue], int | None]],
+        *,
+        durable: bool = True,  # nothing here reaches a disk
     ) -> builtins.list[builtins.list[JSONValue]]:
         logs = []
         for key, values, max_len in items:  # no await inside: atomic on the event loop

@@ -272,7 +272,11 @@ class RedisStore(Store):
         await self._call(pipe.execute())
 
     async def append_logs(
-        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+        self,
+        ns: str,
+        items: Sequence[tuple[str, Sequence[JSONValue], int | None]],
+        *,
+        durable: bool = True,  # Redis' own appendfsync policy decides, for every write alike
     ) -> builtins.list[builtins.list[JSONValue]]:
         if not items:
             return []

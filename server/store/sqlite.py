@@ -11,9 +11,17 @@ Group commit: writes that arrive while the thread is busy (sixteen turns ending 
 engine step) wait in a queue and are committed together, one transaction and one fsync for
 all of them, each in a savepoint of its own so that one caller's bad value rolls back only
 its own write. None of them returns before that commit; if it fails, all of them raise
-StoreUnavailable and none was kept. The file and its directory are created on first use, so a
-server whose data directory is unusable still starts, streams stateless turns and reports the
-store down.
+StoreUnavailable and none was kept.
+
+Deferred writes (`append_logs(durable=False)`): a commit of nothing but those runs under
+NORMAL, without the fsync, for a write that a durable one always follows before anything
+is acknowledged (a moderation batch's offences, then its audit entries): the durable
+commit's fsync of the WAL covers the earlier frames too, so the pair costs one fsync on the
+critical path, not two. NORMAL still syncs the WAL before a checkpoint and the database
+after it, so what earlier FULL commits made durable stays so.
+
+The file and its directory are created on first use, so a server whose data directory is
+unusable still starts, streams stateless turns and reports the store down.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from .fanout import Fanout
 from .windows import LocalWindows
 
 T = TypeVar("T")
-_Write = tuple[Callable[[sqlite3.Connection], object], "Future[object]"]
+_Write = tuple[Callable[[sqlite3.Connection], object], "Future[object]", bool]  # fn, done, durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -102,6 +110,7 @@ class SqliteStore(LocalWindows, Store):
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banterbox-sqlite")
         self._db: sqlite3.Connection | None = None  # only ever touched on the executor thread
+        self._db_synchronous = ""  # the connection's level now (the thread's, as _db)
         self._writes: collections.deque[_Write] = collections.deque()  # for the next commit
         self._fanout = Fanout(max_queue=max_queue)
 
@@ -116,6 +125,7 @@ class SqliteStore(LocalWindows, Store):
                 if mode != "wal":
                     raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode={mode})")
                 db.execute(f"PRAGMA synchronous={self._synchronous}")
+                self._db_synchronous = self._synchronous
                 db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
                 db.executescript(_SCHEMA)
             except BaseException:
@@ -137,10 +147,15 @@ class SqliteStore(LocalWindows, Store):
         if not batch:
             return
         results: list[tuple[Future[object], object, BaseException | None]] = []
+        durable = any(write[2] for write in batch)
         try:
             db = self._connect()
+            level = self._synchronous if durable or self._synchronous == "NORMAL" else "NORMAL"
+            if level != self._db_synchronous:  # outside a transaction, where it takes effect
+                db.execute(f"PRAGMA synchronous={level}")
+                self._db_synchronous = level
             db.execute("BEGIN IMMEDIATE")  # the write lock first: incr is read-modify-write
-            for fn, done in batch:
+            for fn, done, _ in batch:
                 db.execute("SAVEPOINT one")
                 try:
                     results.append((done, fn(db), None))
@@ -151,7 +166,7 @@ class SqliteStore(LocalWindows, Store):
             db.execute("COMMIT")
         except BaseException as exc:
             self._reset()  # nothing of the batch was committed
-            for _, done in batch:
+            for _, done, _ in batch:
                 done.set_exception(exc)
             return
         for done, result, error in results:
@@ -166,14 +181,16 @@ class SqliteStore(LocalWindows, Store):
             db, self._db = self._db, None
             db.close()
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+    async def _call(
+        self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True, durable: bool = True
+    ) -> T:
         loop = asyncio.get_running_loop()
         try:
             if not write:
                 result = await loop.run_in_executor(self._executor, self._read, fn)
             else:
                 done: Future[object] = Future()
-                self._writes.append((fn, done))
+                self._writes.append((fn, done, durable))
                 # This commit runs after the one that takes our write (the thread is FIFO),
                 # or is that one: `done` is settled when it returns.
                 await loop.run_in_executor(self._executor, self._commit_queued)
@@ -344,7 +361,11 @@ class SqliteStore(LocalWindows, Store):
             await self._call(lambda db: _push(db, ns, key, raws, max_len))
 
     async def append_logs(
-        self, ns: str, items: Sequence[tuple[str, Sequence[JSONValue], int | None]]
+        self,
+        ns: str,
+        items: Sequence[tuple[str, Sequence[JSONValue], int | None]],
+        *,
+        durable: bool = True,
     ) -> builtins.list[builtins.list[JSONValue]]:
         pushes = [
             (check_key(key), [dump_value(v) for v in values], check_max_len(max_len))
@@ -363,7 +384,8 @@ class SqliteStore(LocalWindows, Store):
 
         if not pushes:
             return []
-        return [[load_value(raw) for raw in log] for log in await self._call(push_and_read)]
+        logs = await self._call(push_and_read, durable=durable)
+        return [[load_value(raw) for raw in log] for log in logs]
 
     async def range(
         self, ns: str, key: str, start: int = 0, stop: int = -1
@@ -372,15 +394,16 @@ class SqliteStore(LocalWindows, Store):
         window = inclusive_slice(start, stop)
 
         def read(db: sqlite3.Connection) -> builtins.list[str]:
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM logs WHERE ns = ? AND key = ?", (ns, key)
-            ).fetchone()
-            first, end, _ = window.indices(count)
+            oldest, newest = _bounds(db, ns, key)
+            if oldest is None or newest is None:
+                return []
+            first, end, _ = window.indices(newest - oldest + 1)  # contiguous: see _push
             if end <= first:
                 return []
             rows = db.execute(
-                "SELECT value FROM logs WHERE ns = ? AND key = ? ORDER BY seq LIMIT ? OFFSET ?",
-                (ns, key, end - first, first),
+                "SELECT value FROM logs WHERE ns = ? AND key = ? AND seq BETWEEN ? AND ?"
+                " ORDER BY seq",
+                (ns, key, oldest + first, oldest + end - 1),
             ).fetchall()
             return [row[0] for row in rows]
 
@@ -393,13 +416,23 @@ class SqliteStore(LocalWindows, Store):
         return self._fanout.subscribe((ns, check_key(topic, what="topic")))
 
 
+def _bounds(db: sqlite3.Connection, ns: str, key: str) -> tuple[int | None, int | None]:
+    """A log's oldest and newest sequence numbers (None, None when it is empty). Two
+    subqueries: `SELECT MIN(seq), MAX(seq) ... WHERE` in one select reads every row of the
+    log (SQLite's min/max shortcut takes one aggregate only), 27 ms at 100,000 entries."""
+    row = db.execute(
+        "SELECT (SELECT MIN(seq) FROM logs WHERE ns = ?1 AND key = ?2),"
+        " (SELECT MAX(seq) FROM logs WHERE ns = ?1 AND key = ?2)",
+        (ns, key),
+    ).fetchone()
+    return row[0], row[1]
+
+
 def _push(db: sqlite3.Connection, ns: str, key: str, raws: list[str], max_len: int | None) -> None:
     """Append raw entries to a log and trim it to its newest max_len (inside a transaction)."""
     if not raws:
         return
-    first, last = db.execute(
-        "SELECT MIN(seq), MAX(seq) FROM logs WHERE ns = ? AND key = ?", (ns, key)
-    ).fetchone()
+    first, last = _bounds(db, ns, key)
     start = (last or 0) + 1
     rows = [(ns, key, start + n, raw) for n, raw in enumerate(raws)]
     db.executemany("INSERT INTO logs VALUES (?, ?, ?, ?)", rows)

@@ -97,3 +97,47 @@ async def test_every_concurrent_increment_counts_once(tmp_path: Path, num_writer
     counts = await asyncio.gather(*(store.incr(NS, "n") for _ in range(num_writers)))
     assert sorted(counts) == list(range(1, num_writers + 1))
     await store.close()
+
+
+async def test_a_deferred_append_commits_without_a_sync_and_the_next_durable_write_syncs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "banterbox.db"
+    store = SqliteStore(path)
+    await store.ping()  # connected, at the configured level (FULL)
+    statements: list[str] = []
+    await store._call(lambda db: db.set_trace_callback(statements.append))
+    statements.clear()
+    logs = await store.append_logs(NS, [("offences", [{"id": "a"}], None)], durable=False)
+    assert logs == [[{"id": "a"}]]
+    with sqlite3.connect(path) as other:  # committed: another connection sees it at once
+        assert other.execute("SELECT COUNT(*) FROM logs").fetchone() == (1,)
+    deferred, statements[:] = list(statements), []
+    await store.extend(NS, "audit", [{"id": "a"}])
+    durable, statements[:] = list(statements), []
+    await store.extend(NS, "audit", [{"id": "b"}])
+    assert deferred[0] == "PRAGMA synchronous=NORMAL" and deferred[-1] == "COMMIT"
+    assert durable[0] == "PRAGMA synchronous=FULL" and durable[-1] == "COMMIT"
+    assert not any(s.startswith("PRAGMA") for s in statements)  # still FULL: no switch
+    statements.clear()
+    # A deferred write queued with a durable one shares its commit, and its sync.
+    results = await queued_behind_a_busy_thread(
+        store,
+        store.append_logs(NS, [("offences", [{"id": "c"}], None)], durable=False),
+        store.extend(NS, "audit", [{"id": "c"}]),
+    )
+    assert results[0] == [[{"id": "a"}, {"id": "c"}]]
+    assert not any(s.startswith("PRAGMA") for s in statements)
+    assert statements.count("COMMIT") == 1
+    await store.close()
+
+
+async def test_a_store_configured_normal_stays_normal_for_every_write(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "banterbox.db", synchronous="NORMAL")
+    await store.ping()
+    statements: list[str] = []
+    await store._call(lambda db: db.set_trace_callback(statements.append))
+    await store.append_logs(NS, [("offences", [1], None)], durable=False)
+    await store.extend(NS, "audit", [1])
+    assert not any(s.startswith("PRAGMA") for s in statements)
+    await store.close()
