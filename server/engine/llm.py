@@ -141,6 +141,7 @@ class LLM:
         model = Transformer(checkpoint.config, checkpoint.tensors, device=device, dtype=dtype)
         weights = describe_weights(checkpoint.tensors)
         log.info("weights: %s; activations %s on %s", weights, dtype, device)
+        log.info("kernels: %s", model.kernels)
         tokenizer = load_tokenizer(checkpoint.path, checkpoint.gguf_metadata)
         try:
             template: ChatTemplate | None = load_chat_template(

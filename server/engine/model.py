@@ -184,6 +184,16 @@ class Transformer:
         self._sin = torch.empty(0, device=device)
         self._grow_rope_table(max(config.max_position, 1))
 
+    @property
+    def kernels(self) -> str:
+        """What runs the step, for the serve log."""
+        if self._fused is None:
+            return f"torch ops ({self.dtype}, {self.device})"
+        ops = ["dequantize-matmul", "RMSNorm", "SiLU-mul"]
+        if self._paged_decode:
+            ops.append("paged decode attention")
+        return f"C++ AVX2/FMA {', '.join(ops)}; torch SDPA for prefill attention"
+
     def _layer(
         self, tensors: dict[str, Weight], i: int, get: Callable[[str], torch.Tensor]
     ) -> Layer:

@@ -128,7 +128,7 @@ def test_packed_model_decodes_on_the_kernel_like_the_oracle(tmp_path) -> None:
     )
     ck = load_checkpoint(path, keep_packed=True)
     model = Transformer(ck.config, ck.tensors, device=torch.device("cpu"), dtype=torch.float32)
-    assert model._paged_decode
+    assert "paged decode attention" in model.kernels
     runner = ModelRunner(model, num_blocks=32, block_size=8)
     rows = {"a": ([3, 77, 140, 12, 9], (5, 9, 2, 17)), "b": ([250, 33] * 7, (11, 3, 8, 20))}
     steps = [runner.execute([_chunk(r, t, 0, b) for r, (t, b) in rows.items()])]

@@ -171,6 +171,8 @@ def test_default_mode_keeps_a_gguf_packed(tmp_path, qtype: Q) -> None:
     reference = LLM.load(path, EngineConfig(num_kv_blocks=32, dtype="float32"))
     assert f"{qtype.name} x" in default.info.weights and "packed" in default.info.weights
     assert "packed" not in reference.info.weights and reference.info.dtype == "float32"
+    assert "dequantize-matmul" in default.model.kernels  # what the serve log says
+    assert reference.model.kernels.startswith("torch ops")
     ours = default.model.forward_full(TOKENS)
     expected = reference.model.forward_full(TOKENS)
     assert torch.allclose(ours, expected, rtol=0, atol=1e-4)
