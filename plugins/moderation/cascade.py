@@ -323,7 +323,7 @@ class _Decision:
             score=self.score,
             categories=self.categories,
             reasons=reasons,
-            duration_s=duration_s if action in (Action.TIMEOUT, Action.BAN) else 0,
+            duration_s=duration_s if action is Action.TIMEOUT else 0,  # a ban is permanent
             silent=all(f.silent for f in self.acting),
         )
 

@@ -32,7 +32,9 @@ from .audit import (
 from .batcher import MicroBatcher
 from .cascade import Cascade, Message, TextMemo
 from .categorize import Lexicon
+from .coalesce import Coalescer
 from .examples import Example, ExampleModel
+from .expiry import HoldExpiry
 from .judge import Judge, Ruling
 from .policy import ChannelPolicy, PolicyError, parse_policy, policy_to_wire
 from .profanity import ProfanityModel
@@ -77,7 +79,15 @@ class ModerationPlugin(BasePlugin):
             timeout_s=self.settings.judge_timeout_s,
         )
         self._batcher: MicroBatcher | None = None
+        self._expiry = HoldExpiry(self._expire)
+        # A context per tenant that has holds waiting: any of its frames' will do (the
+        # expiry uses the tenant's store and topics only).
+        self._contexts: dict[str, PluginContext] = {}
         self._loading: asyncio.Lock | None = None
+        # Single checks of one channel that arrive in the same loop pass: one cascade pass.
+        self._singles: Coalescer[Channel, tuple[PluginContext, Message], Verdict] = Coalescer(
+            self._moderate_singles, max_batch=self.settings.max_batch_messages
+        )
 
     async def start(self, host: PluginHost) -> None:
         if self.settings.judge_model:
@@ -103,7 +113,7 @@ class ModerationPlugin(BasePlugin):
     async def _check(self, reader: FrameReader, ctx: PluginContext) -> None:
         channel = reader.channel()
         message = reader.message(reader.frame.payload)
-        (verdict,) = await self._moderate(ctx, channel, [message])
+        verdict = await self._singles.submit((ctx.tenant, channel), (ctx, message))
         payload = verdict_payload(message.message_id, verdict)
         await ctx.send(answer("mod.verdict", reader.request_id, **payload))
 
@@ -113,6 +123,15 @@ class ModerationPlugin(BasePlugin):
         verdicts = await self._moderate(ctx, channel, messages)
         wire = [verdict_payload(m.message_id, v) for m, v in zip(messages, verdicts, strict=True)]
         await ctx.send(answer("mod.verdicts", reader.request_id, verdicts=wire))
+
+    async def _moderate_singles(
+        self, key: Channel, checks: Sequence[tuple[PluginContext, Message]]
+    ) -> list[Verdict]:
+        # Any of the frames' contexts will do: what _moderate uses of one is its tenant's
+        # (store, score, spawn, emit), and they share the tenant. Each frame's own context
+        # sends its verdict.
+        ctx = checks[0][0]
+        return await self._moderate(ctx, key[1], [message for _, message in checks])
 
     async def _moderate(
         self, ctx: PluginContext, channel: str, messages: Sequence[Message]
@@ -154,19 +173,22 @@ class ModerationPlugin(BasePlugin):
         if values:
             writes.append(store.set_many(values))
         await asyncio.gather(*writes)
-        for message, verdict in acting:
-            if verdict.action is Action.HOLD:
-                expiry = self._expire(ctx, channel, message.message_id, policy.hold_s)
-                ctx.spawn(expiry, name=f"mod hold {channel} {message.message_id}")
+        if values:
+            self._contexts[ctx.tenant] = ctx  # the expiry's, for the tenant's store and topics
+            spawn = functools.partial(ctx.spawn, name="mod hold expiry")
+            for message, verdict in acting:
+                if verdict.action is Action.HOLD:
+                    self._expiry.add(
+                        ctx.tenant, channel, message.message_id, after_s=policy.hold_s,
+                        spawn=spawn,
+                    )  # fmt: skip
         for (_, verdict), entry in zip(acting, entries, strict=True):  # in order, for dashboards
             await self._emit(ctx, channel, {**entry, "silent": verdict.silent})
         return decided.verdicts
 
-    async def _expire(
-        self, ctx: PluginContext, channel: str, message_id: str, hold_s: float
-    ) -> None:
+    async def _expire(self, tenant: str, channel: str, message_id: str) -> None:
         """Log and announce a hold nobody reviewed in time: the message stays out of chat."""
-        await asyncio.sleep(hold_s)
+        ctx = self._contexts[tenant]
         store = self._store(ctx)
         held = await take_hold(store, channel, message_id, now=time.time(), expired=True)
         if held is None:  # reviewed in time

@@ -250,3 +250,56 @@ async def test_holds_review_expiry_audit_and_subscriptions(model: Path) -> None:
         assert verdict["action"] == "hold"
         (reason,) = verdict["reasons"]  # type: ignore[misc]
         assert reason["name"] == "examples" and "3 allowed, 3 disallowed" in reason["detail"]
+
+
+async def test_single_checks_sent_at_once_are_answered_each_and_counted_in_arrival_order(
+    model: Path,
+) -> None:
+    """Checks that arrive together go through the cascade as one batch: each frame still gets
+    its own verdict under its own id, and a user's flood window and strikes count its
+    messages in the order they came, as one at a time would."""
+    async with running_server(model, config()) as server:
+        plugin = server.plugins.by_type["mod.check"]
+        async with raw_client(server) as ws, raw_client(server) as other:
+            await set_policy(
+                ws,
+                {
+                    "blocked_terms": ["noob"],
+                    "escalation": {"timeouts_s": [5, 60, 600], "ban": True},
+                    "flood": {"limit": 3, "window_s": 60, "action": "timeout", "duration_s": 30},
+                },
+            )
+            texts = ["hi", "noob", "hello", "noob", "gg", "noob", "wp"]
+            frames = [
+                {"type": "mod.check", "id": f"b{n}", "channel": "c1", "message_id": f"b{n}",
+                 "user": user("burst"), "text": text}
+                for n, text in enumerate(texts)
+            ]  # fmt: skip
+            others = [
+                {"type": "mod.check", "id": f"o{n}", "channel": "c1", "message_id": f"o{n}",
+                 "user": user(f"calm-{n}"), "text": "noob"}
+                for n in range(3)
+            ]  # fmt: skip
+            batches_before = plugin._singles.num_batches  # type: ignore[attr-defined]
+            for frame in frames:  # no await of an answer in between: one burst
+                await ws.send(encode(frame))
+            for frame in others:
+                await other.send(encode(frame))
+            got: dict[str, Mapping[str, object]] = {}
+            for socket, count in ((ws, len(frames)), (other, len(others))):
+                while len([k for k in got if k[0] == ("b" if socket is ws else "o")]) < count:
+                    frame = await recv_frame(socket, timeout_s=30)
+                    assert isinstance(frame, PluginFrame) and frame.type == "mod.verdict", frame
+                    assert frame.payload["message_id"] == frame.request_id
+                    got[str(frame.request_id)] = frame.payload
+            batches = plugin._singles.num_batches - batches_before  # type: ignore[attr-defined]
+        assert batches < len(frames) + len(others)  # coalesced, not one cascade pass each
+        burst = [(got[f"b{n}"]["action"], got[f"b{n}"]["duration_s"]) for n in range(len(texts))]
+        # The first "noob" is strike 1; from the fourth message on the flood limit (3) is
+        # passed, and each of those is an offence too: strikes 2, 3, then the ban.
+        assert burst == [
+            ("allow", 0), ("timeout", 5), ("allow", 0), ("timeout", 60), ("timeout", 600),
+            ("ban", 0), ("ban", 0),
+        ]  # fmt: skip
+        assert [got[f"o{n}"]["action"] for n in range(3)] == ["timeout"] * 3  # strike 1 each
+        assert {got[f"o{n}"]["duration_s"] for n in range(3)} == {5}
