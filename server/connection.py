@@ -226,6 +226,12 @@ class Connection:
             self.app.metrics.errors.labels(frame.code).inc()
         data = encode_frame(frame, encoding)
         try:
+            if not self.ws.paused:
+                # The transport takes it without waiting (websockets waits only for a paused
+                # one): no deadline to arm, a timer saved per frame. A send that fills the
+                # buffer pauses it, and the next one gets the deadline.
+                await self.ws.send(data)
+                return
             async with asyncio.timeout(self.app.config.server.write_deadline_s):
                 await self.ws.send(data)
         except TimeoutError:

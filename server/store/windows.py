@@ -31,7 +31,9 @@ class Windows:
     ) -> None:
         self._clock = clock
         self._max_windows = max_windows  # past this many live windows, the oldest go first
-        self._counts: dict[tuple[str, str], list[float]] = {}  # [count, expires_at]
+        # (count, expires_at): tuples of numbers, which the cyclic collector stops tracking,
+        # so a million open windows cost a full collection nothing (lists would be scanned).
+        self._counts: dict[tuple[str, str], tuple[int, float]] = {}
         self._next_sweep = 1024  # sweep when the table has grown to this size
 
     def incr(self, ns: str, windows: Sequence[tuple[str, float]]) -> list[int]:
@@ -49,11 +51,12 @@ class Windows:
             entry = counts.get(slot)
             if entry is None or entry[1] <= now:
                 counts.pop(slot, None)  # an expired window restarts, at the end of the order
-                counts[slot] = [1, now + ttl_s]
+                counts[slot] = (1, now + ttl_s)
                 out.append(1)
             else:
-                entry[0] += 1
-                out.append(int(entry[0]))
+                count = entry[0] + 1
+                counts[slot] = (count, entry[1])  # in place: the order stays creation order
+                out.append(count)
         if len(counts) >= self._next_sweep:
             self._sweep(now)
         return out
