@@ -337,7 +337,7 @@ void matmul(const float* x, int64_t M, const uint8_t* w, int64_t N, int64_t K, f
   if (M <= kFewRows) return few_rows_matmul<F>(x, M, w, N, K, out);
   const int64_t row_bytes = K / F::QK * F::BYTES;
   const int64_t num_groups = (N + kNR - 1) / kNR;
-  at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {
+  parallel_chunks(num_groups, 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> buf(kNR * K);  // kNR dequantized weight rows, L1/L2-resident
     for (int64_t m0 = 0; m0 < M; m0 += kMC) {
       const int64_t m1 = std::min(M, m0 + kMC);
@@ -357,7 +357,7 @@ void matmul(const float* x, int64_t M, const uint8_t* w, int64_t N, int64_t K, f
 template <class F>
 void dequant_all(const uint8_t* w, int64_t N, int64_t K, float* out) {
   const int64_t row_bytes = K / F::QK * F::BYTES;
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+  parallel_chunks(N, 16, [&](int64_t r0, int64_t r1) {
     dequant_rows<F>(w, row_bytes, K, r0, r1, out + r0 * K);
   });
 }
@@ -426,7 +426,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   const float* xp = xc.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, T, std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)), [&](int64_t t0, int64_t t1) {
+  parallel_chunks(T, std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* row = xp + t * H;
       float sum = 0.0f;
@@ -447,7 +447,7 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   torch::Tensor out = torch::empty({T, I}, gc.options());
   const float* gp = gc.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, T, std::max<int64_t>(1, 32768 / std::max<int64_t>(I, 1)), [&](int64_t t0, int64_t t1) {
+  parallel_chunks(T, std::max<int64_t>(1, 32768 / std::max<int64_t>(I, 1)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* g = gp + t * 2 * I;
       const float* u = g + I;
