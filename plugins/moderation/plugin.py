@@ -154,9 +154,10 @@ class ModerationPlugin(BasePlugin):
         decided = await cascade.decide(
             channel, compiled, messages, examples=examples, durable=False
         )
-        # Acknowledged means durable: the batch's strikes, and each action's audit entry and
-        # hold, are written (together: one commit on SQLite's group commit) before the caller
-        # sends a verdict; subscribers hear of them after that.
+        # Acknowledged means durable: each action's audit entry and hold are written
+        # (together: one commit on SQLite's group commit, whose fsync covers the strikes
+        # committed above too) before the caller sends a verdict; subscribers hear of them
+        # after that.
         acting = [
             (m, v) for m, v in zip(messages, decided.verdicts, strict=True)
             if v.action is not Action.ALLOW
