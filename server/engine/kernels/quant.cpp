@@ -15,9 +15,12 @@
 #include <vector>
 
 #include "pool.h"
+#include "simd.h"
 
 namespace {
 
+using banterbox::exp_nonpositive;
+using banterbox::hsum;
 using banterbox::parallel_chunks;
 
 // GGML type ids, as gguf.GGMLQuantizationType numbers them.
@@ -160,13 +163,6 @@ void dequant_rows(const uint8_t* w, int64_t row_bytes, int64_t K, int64_t r0, in
     float* o = out + (r - r0) * K;
     for (int64_t blk = 0; blk < K / F::QK; ++blk) F::dequant(row + blk * F::BYTES, o + blk * F::QK);
   }
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // out[i][j] = dot(x row i, w row j) for an MR x NR tile; K is a multiple of 8. 12 accumulators,
@@ -451,7 +447,20 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* g = gp + t * 2 * I;
       const float* u = g + I;
-      for (int64_t i = 0; i < I; ++i) op[t * I + i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      float* o = op + t * I;
+      int64_t i = 0;
+      // silu(g) = g * sigmoid(g), sigmoid from e = exp(-|g|) <= 1 either side of 0: 1 / (1 + e)
+      // for g >= 0, e / (1 + e) below (never exp of a large positive number).
+      const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+      for (; i + 8 <= I; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = exp_nonpositive(_mm256_or_ps(gv, sign));  // -|g|
+        const __m256 sig = _mm256_div_ps(
+            _mm256_blendv_ps(one, e, _mm256_cmp_ps(gv, _mm256_setzero_ps(), _CMP_LT_OQ)),
+            _mm256_add_ps(one, e));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u + i)));
+      }
+      for (; i < I; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     }
   });
   return out;
