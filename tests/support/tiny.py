@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from server.engine.sequence import ScheduledChunk
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -204,3 +206,17 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def scheduled_chunk(
+    rid: str, tokens: list[int], start: int, blocks: tuple[int, ...]
+) -> ScheduledChunk:
+    """One sequence's chunk for ModelRunner.execute, sampled, with no Sequence behind it."""
+    return ScheduledChunk(
+        request_id=rid,
+        token_ids=tuple(tokens),
+        start_position=start,
+        block_ids=blocks,
+        sample=True,
+        seq=None,  # type: ignore[arg-type]  # the runner never reads it
+    )

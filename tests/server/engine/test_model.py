@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TinyConfig, random_hf_tensors, write_hf
+from tiny import TinyConfig, random_hf_tensors, scheduled_chunk, write_hf
 
 from server.engine.model import Transformer
 from server.engine.runner import ModelRunner
-from server.engine.sequence import ScheduledChunk
 from server.engine.weights import load_checkpoint
 
 BLOCK = 4
@@ -18,17 +17,6 @@ def _model(tmp_path, config: TinyConfig) -> Transformer:
     folder = write_hf(tmp_path / "hf", config, random_hf_tensors(config, seed=7))
     ck = load_checkpoint(folder)
     return Transformer(ck.config, ck.tensors, device=torch.device("cpu"), dtype=torch.float32)
-
-
-def _chunk(rid: str, tokens: list[int], start: int, blocks: tuple[int, ...]) -> ScheduledChunk:
-    return ScheduledChunk(
-        request_id=rid,
-        token_ids=tuple(tokens),
-        start_position=start,
-        block_ids=blocks,
-        sample=True,
-        seq=None,  # type: ignore[arg-type]  # the runner never reads it
-    )
 
 
 @pytest.mark.parametrize(
@@ -45,12 +33,12 @@ def test_incremental_decode_equals_full_forward(tmp_path, config: TinyConfig) ->
     runner = ModelRunner(model, num_blocks=32, block_size=BLOCK)
     blocks = (5, 9, 2, 17, 11, 3, 8, 20)  # deliberately scattered
     tokens = [3, 77, 140, 12, 9, 250, 33, 61, 7, 100, 101]
-    logits = runner.execute([_chunk("a", tokens, 0, blocks)]).logits
+    logits = runner.execute([scheduled_chunk("a", tokens, 0, blocks)]).logits
     for _ in range(12):
         full = model.forward_full(torch.tensor([tokens]))[0, -1]
         assert torch.allclose(logits[0], full, atol=1e-4, rtol=0)
         tokens.append(int(logits[0].argmax()))
-        logits = runner.execute([_chunk("a", tokens[-1:], len(tokens) - 1, blocks)]).logits
+        logits = runner.execute([scheduled_chunk("a", tokens[-1:], len(tokens) - 1, blocks)]).logits
 
 
 def test_chunked_prefill_over_a_cached_prefix_equals_full_forward(tmp_path) -> None:
@@ -58,8 +46,8 @@ def test_chunked_prefill_over_a_cached_prefix_equals_full_forward(tmp_path) -> N
     runner = ModelRunner(model, num_blocks=16, block_size=BLOCK)
     blocks = (1, 4, 6, 2)
     tokens = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
-    runner.execute([_chunk("a", tokens[:5], 0, blocks)])
-    logits = runner.execute([_chunk("a", tokens[5:], 5, blocks)]).logits
+    runner.execute([scheduled_chunk("a", tokens[:5], 0, blocks)])
+    logits = runner.execute([scheduled_chunk("a", tokens[5:], 5, blocks)]).logits
     full = model.forward_full(torch.tensor([tokens]))[0, -1]
     assert torch.allclose(logits[0], full, atol=1e-4, rtol=0)
 
@@ -72,7 +60,7 @@ def test_sequences_of_different_lengths_batched_equal_alone(tmp_path) -> None:
     def run(ids: list[str], runner: ModelRunner, steps: int) -> dict[str, list[torch.Tensor]]:
         seqs = {i: list(prompts[i]) for i in ids}
         out: dict[str, list[torch.Tensor]] = {i: [] for i in ids}
-        chunks = [_chunk(i, seqs[i], 0, tables[i]) for i in ids]
+        chunks = [scheduled_chunk(i, seqs[i], 0, tables[i]) for i in ids]
         for _ in range(steps):
             step = runner.execute(chunks)
             logits, order = step.logits, step.sampled_request_ids
@@ -80,7 +68,7 @@ def test_sequences_of_different_lengths_batched_equal_alone(tmp_path) -> None:
             for row, rid in enumerate(order):
                 out[rid].append(logits[row])
                 seqs[rid].append(int(logits[row].argmax()))
-                chunks.append(_chunk(rid, seqs[rid][-1:], len(seqs[rid]) - 1, tables[rid]))
+                chunks.append(scheduled_chunk(rid, seqs[rid][-1:], len(seqs[rid]) - 1, tables[rid]))
         return out
 
     together = run(["a", "b", "c"], ModelRunner(model, num_blocks=24, block_size=BLOCK), 8)
@@ -95,11 +83,11 @@ def test_decode_mixed_with_a_prefill_in_one_step(tmp_path) -> None:
     model = _model(tmp_path, TinyConfig())
     runner = ModelRunner(model, num_blocks=24, block_size=BLOCK)
     a = [9, 8, 7, 6, 5]
-    logits = runner.execute([_chunk("a", a, 0, (1, 2, 3))]).logits
+    logits = runner.execute([scheduled_chunk("a", a, 0, (1, 2, 3))]).logits
     a.append(int(logits[0].argmax()))
     b = [100, 101, 102, 103, 104, 105, 106]
     step = runner.execute(
-        [_chunk("a", a[-1:], len(a) - 1, (1, 2, 3)), _chunk("b", b, 0, (4, 5, 6))]
+        [scheduled_chunk("a", a[-1:], len(a) - 1, (1, 2, 3)), scheduled_chunk("b", b, 0, (4, 5, 6))]
     )
     logits, order = step.logits, step.sampled_request_ids
     assert order == ("a", "b")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
-from tiny import TinyConfig, random_hf_tensors, write_gguf
+from tiny import TinyConfig, random_hf_tensors, scheduled_chunk, write_gguf
 
 from server.engine.kernels import load as load_kernels
 from server.engine.model import Transformer
 from server.engine.runner import ModelRunner
-from server.engine.sequence import ScheduledChunk
 from server.engine.weights import load_checkpoint
 
 NUM_BLOCKS = 64
@@ -107,17 +106,6 @@ def test_bad_arguments_are_refused() -> None:
         )
 
 
-def _chunk(rid: str, tokens: list[int], start: int, blocks: tuple[int, ...]) -> ScheduledChunk:
-    return ScheduledChunk(
-        request_id=rid,
-        token_ids=tuple(tokens),
-        start_position=start,
-        block_ids=blocks,
-        sample=True,
-        seq=None,  # type: ignore[arg-type]  # the runner never reads it
-    )
-
-
 def test_packed_model_decodes_on_the_kernel_like_the_oracle(tmp_path) -> None:
     config = TinyConfig(hidden_size=128, num_heads=4, num_kv_heads=2)  # head size 32, GQA 2
     path = write_gguf(
@@ -131,11 +119,11 @@ def test_packed_model_decodes_on_the_kernel_like_the_oracle(tmp_path) -> None:
     assert "paged decode attention" in model.kernels
     runner = ModelRunner(model, num_blocks=32, block_size=8)
     rows = {"a": ([3, 77, 140, 12, 9], (5, 9, 2, 17)), "b": ([250, 33] * 7, (11, 3, 8, 20))}
-    steps = [runner.execute([_chunk(r, t, 0, b) for r, (t, b) in rows.items()])]
+    steps = [runner.execute([scheduled_chunk(r, t, 0, b) for r, (t, b) in rows.items()])]
     for _ in range(14):  # both rows decode in one step, across block edges, lengths apart
         for (tokens, _), logits in zip(rows.values(), steps[-1].logits, strict=True):
             full = model.forward_full(torch.tensor([tokens]))[0, -1]
             assert torch.allclose(logits, full, atol=1e-4, rtol=0)
             tokens.append(int(logits.argmax()))
-        chunks = [_chunk(r, t[-1:], len(t) - 1, b) for r, (t, b) in rows.items()]
+        chunks = [scheduled_chunk(r, t[-1:], len(t) - 1, b) for r, (t, b) in rows.items()]
         steps.append(runner.execute(chunks))
