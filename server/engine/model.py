@@ -64,7 +64,6 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # (T,) KV slot each token's K/V is written to
     num_decode_tokens: int  # the first tokens of the batch are decodes, one per sequence
     decode_blocks: torch.Tensor | None  # (D, B) block table of each decode row, padded
-    decode_mask: torch.Tensor | None  # (D, B * block_size) True where the key is visible
     decode_lengths: torch.Tensor | None  # (D,) int64 keys each decode row sees (its position + 1)
     prefills: tuple[PrefillSpan, ...]
 
@@ -303,8 +302,9 @@ class Transformer:
         c = self.config
         x = self.embed(token_ids)  # (T, H)
         rot = self.rotation(positions)
-        paged = self._paged_decode and kv[0].shape[3] % 8 == 0  # the kernel reads 8 keys at once
-        decode_bias = None if paged else self._decode_bias(meta)
+        block_size = kv[0].shape[3]
+        paged = self._paged_decode and block_size % 8 == 0  # the kernel reads 8 keys at once
+        decode_bias = None if paged else self._decode_bias(meta, block_size)
         for layer, cache in zip(self.layers, kv, strict=True):
             h = self._rms_norm(x, layer.input_norm)
             q, k, v = self._qkv(layer, h, rot)
@@ -351,14 +351,16 @@ class Transformer:
             out[rows] = self._prefill_attention(q[rows], k[rows], v[rows], cache, span)
         return out
 
-    def _decode_bias(self, meta: AttentionMetadata) -> torch.Tensor | None:
+    def _decode_bias(self, meta: AttentionMetadata, block_size: int) -> torch.Tensor | None:
         """(nkv*D, 1, L): 0 where a decode row sees the key, -inf where not. Built once a step,
         so each layer adds it inside its score matmul."""
-        if meta.decode_mask is None:
+        if meta.decode_blocks is None or meta.decode_lengths is None:
             return None
-        num_rows, width = meta.decode_mask.shape
+        num_rows, width = meta.decode_blocks.shape[0], meta.decode_blocks.shape[1] * block_size
+        keys = torch.arange(width, device=self.device)
+        hidden = keys.unsqueeze(0) >= meta.decode_lengths.unsqueeze(1)  # (D, L)
         bias = torch.zeros(num_rows, 1, width, device=self.device, dtype=self.dtype)
-        bias.masked_fill_(~meta.decode_mask.view(num_rows, 1, width), float("-inf"))
+        bias.masked_fill_(hidden.view(num_rows, 1, width), float("-inf"))
         return bias.expand(self.config.num_kv_heads, -1, -1, -1).reshape(-1, 1, width)
 
     def _decode_attention(

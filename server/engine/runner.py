@@ -110,13 +110,12 @@ class ModelRunner:
                 first_row = len(token_ids) - n - start
                 scored_rows.extend(range(first_row + lo, first_row + hi))
                 scored.append(ScoredSpan(chunk.request_id, lo, hi - lo))
-        decode_blocks, decode_mask, decode_lengths = self._decode_context(decodes)
+        decode_blocks, decode_lengths = self._decode_context(decodes)
         device = self.model.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slot_mapping, device=device),
             num_decode_tokens=len(decodes),
             decode_blocks=decode_blocks,
-            decode_mask=decode_mask,
             decode_lengths=decode_lengths,
             prefills=tuple(spans),
         )
@@ -133,11 +132,10 @@ class ModelRunner:
 
     def _decode_context(
         self, decodes: Sequence[ScheduledChunk]
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Padded (D, B) block table of the decode rows, their (D, B * bs) visibility mask and
-        (D,) lengths."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Padded (D, B) block table of the decode rows and their (D,) lengths (keys seen)."""
         if not decodes:
-            return None, None, None
+            return None, None
         bs = self.block_size
         lengths = torch.tensor([c.start_position + 1 for c in decodes])
         num_blocks = [(c.start_position + bs) // bs for c in decodes]
@@ -145,9 +143,8 @@ class ModelRunner:
         table = torch.zeros(len(decodes), width, dtype=torch.long)  # pad with the null block
         for row, (chunk, nb) in enumerate(zip(decodes, num_blocks, strict=True)):
             table[row, :nb] = torch.tensor(chunk.block_ids[:nb])
-        mask = torch.arange(width * bs).unsqueeze(0) < lengths.unsqueeze(1)
         device = self.model.device
-        return table.to(device), mask.to(device), lengths.to(device)
+        return table.to(device), lengths.to(device)
 
     def execute(self, chunks: Sequence[ScheduledChunk]) -> StepLogits:
         """Run the step's forward; returns the sampled rows' and the scored spans' logits."""
