@@ -158,8 +158,8 @@ class Transformer:
         packed = [n for n, t in tensors.items() if isinstance(t, QuantizedWeight)]
         if packed and (device.type != "cpu" or dtype != torch.float32):
             raise ModelLoadError(f"quantized weights run on CPU in float32, not {device} {dtype}")
-        # Packed models also take the C++ RMSNorm and SiLU-mul (one op each where torch runs
-        # several); the dense float32 reference mode stays on torch's own ops.
+        # Packed models also take the C++ RMSNorm, SiLU-mul and RoPE-and-KV-write (one op each
+        # where torch runs several); the dense float32 reference mode stays on torch's own ops.
         self._fused = load_kernels() if packed else None
         # ... and decode attention reads the paged cache in place (kernels/attention.cpp), where
         # the reference mode gathers each row's blocks and runs torch's batched matmuls.
@@ -188,7 +188,7 @@ class Transformer:
         """What runs the step, for the serve log."""
         if self._fused is None:
             return f"torch ops ({self.dtype}, {self.device})"
-        ops = ["dequantize-matmul", "RMSNorm", "SiLU-mul"]
+        ops = ["dequantize-matmul", "RMSNorm", "SiLU-mul", "RoPE and KV write"]
         if self._paged_decode:
             ops.append("paged decode attention")
         return f"C++ AVX2/FMA {', '.join(ops)}; torch SDPA for prefill attention"
@@ -280,6 +280,28 @@ class Transformer:
         v = qkv[:, c.num_heads + c.num_kv_heads :]
         return q, k, v
 
+    def _qkv_into_cache(
+        self,
+        layer: Layer,
+        x: torch.Tensor,
+        rot: Rotation,
+        cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """_qkv, and k and v written to their cache slots: one kernel call for the rotation and
+        the write (the packed mode's float32 math, rounded as the elementwise ops round)."""
+        c = self.config
+        qkv = layer.qkv(x)
+        if layer.qkv_bias is not None:
+            qkv = qkv + layer.qkv_bias
+        assert self._fused is not None
+        self._fused.rope_write_kv(
+            qkv, rot.cos, rot.sin, cache, slot_mapping, c.num_heads, c.rope_interleaved
+        )
+        qkv = qkv.view(x.shape[0], -1, c.head_dim)
+        kv_start = c.num_heads + c.num_kv_heads
+        return qkv[:, : c.num_heads], qkv[:, c.num_heads : kv_start], qkv[:, kv_start:]
+
     def _mlp(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if self._fused is not None and x.dim() == 2:
             return layer.down(self._fused.silu_mul(layer.gate_up(x)))
@@ -307,9 +329,12 @@ class Transformer:
         decode_bias = None if paged else self._decode_bias(meta, block_size)
         for layer, cache in zip(self.layers, kv, strict=True):
             h = self._rms_norm(x, layer.input_norm)
-            q, k, v = self._qkv(layer, h, rot)
-            by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
-            by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
+            if self._fused is not None:
+                q, k, v = self._qkv_into_cache(layer, h, rot, cache, meta.slot_mapping)
+            else:
+                q, k, v = self._qkv(layer, h, rot)
+                by_slot = cache.view(2, c.num_kv_heads, -1, c.head_dim)
+                by_slot.index_copy_(2, meta.slot_mapping, torch.stack((k, v)).transpose(1, 2))
             attn = self._paged_attention(q, k, v, cache, meta, decode_bias, paged)  # (T, nh*hd)
             x = x + layer.o_proj(attn)
             x = x + self._mlp(layer, self._rms_norm(x, layer.post_norm))

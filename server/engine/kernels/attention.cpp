@@ -211,9 +211,76 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   return out;
 }
 
+// One row's heads rotated in place: RoPE at the row's angle, cos/sin (hd/2,). Interleaved
+// rotates the pairs (x[2i], x[2i+1]), else the halves (x[i], x[i + hd/2]). Each product is
+// rounded before the sum, as the reference's elementwise ops round (no fused multiply-add).
+__attribute__((optimize("fp-contract=off"))) void rotate_row(float* x, int64_t heads, int64_t hd,
+                                                             const float* cos, const float* sin,
+                                                             bool interleaved) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < heads; ++h, x += hd) {
+    for (int64_t i = 0; i < half; ++i) {
+      float* a = interleaved ? x + 2 * i : x + i;
+      float* b = interleaved ? x + 2 * i + 1 : x + i + half;
+      const float x1 = *a, x2 = *b, c = cos[i], s = sin[i];
+      const float p = x1 * c, q = x2 * s, r = x2 * c, t = x1 * s;
+      *a = p - q;
+      *b = r + t;
+    }
+  }
+}
+
+// qkv (T, (nh + 2 nkv) hd) float32, the fused projection's output, q then k then v heads: q and
+// k rotated in place by each row's RoPE angle (cos, sin: T x hd/2 values each), then each
+// row's k and v written to its cache slot. cache (2, nkv, blocks, bs, hd); slots (T,) int64,
+// slot = block * bs + offset. Replaces a dozen small torch ops a layer.
+void rope_write_kv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                   const torch::Tensor& cache, const torch::Tensor& slots, int64_t num_heads,
+                   bool interleaved) {
+  TORCH_CHECK(qkv.dtype() == torch::kFloat32 && qkv.dim() == 2 && qkv.is_contiguous(),
+              "qkv must be a contiguous (T, width) float32 tensor");
+  TORCH_CHECK(cache.dtype() == torch::kFloat32 && cache.dim() == 5 && cache.size(0) == 2 &&
+                  cache.is_contiguous(),
+              "cache must be a contiguous (2, nkv, blocks, block_size, hd) float32 tensor");
+  const int64_t T = qkv.size(0), nkv = cache.size(1), hd = cache.size(4);
+  const int64_t num_slots = cache.size(2) * cache.size(3);
+  TORCH_CHECK(hd % 2 == 0 && num_heads > 0 && qkv.size(1) == (num_heads + 2 * nkv) * hd,
+              "qkv's width is not (num_heads + 2 * nkv) * hd");
+  for (const torch::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->dtype() == torch::kFloat32 && t->is_contiguous() && t->numel() == T * hd / 2,
+                "cos and sin must be contiguous float32, T x hd/2 values");
+  TORCH_CHECK(slots.dtype() == torch::kInt64 && slots.dim() == 1 && slots.size(0) == T &&
+                  slots.is_contiguous(),
+              "slots must be (T,) int64");
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < num_slots, "slot ", sp[t], " outside the cache");
+  float* xp = qkv.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* snp = sin.data_ptr<float>();
+  float* keys = cache.data_ptr<float>();
+  float* values = keys + nkv * num_slots * hd;
+  const int64_t width = qkv.size(1);
+  banterbox::parallel_chunks(T, std::max<int64_t>(1, 16384 / width), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* row = xp + t * width;
+      rotate_row(row, num_heads + nkv, hd, cp + t * hd / 2, snp + t * hd / 2, interleaved);
+      const float* k = row + num_heads * hd;
+      const float* v = k + nkv * hd;
+      for (int64_t j = 0; j < nkv; ++j) {
+        std::copy(k + j * hd, k + (j + 1) * hd, keys + (j * num_slots + sp[t]) * hd);
+        std::copy(v + j * hd, v + (j + 1) * hd, values + (j * num_slots + sp[t]) * hd);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(banterbox, m) {
+  m.def("rope_write_kv(Tensor(a!) qkv, Tensor cos, Tensor sin, Tensor(b!) cache, Tensor slots, "
+        "int num_heads, bool interleaved) -> ()",
+        &rope_write_kv);
   m.def("paged_decode_attention(Tensor q, Tensor cache, Tensor table, Tensor lengths, float scale) -> Tensor",
         &paged_decode_attention);
 }

@@ -1,6 +1,6 @@
 """The C++ decode attention over the paged KV cache (kernels/attention.cpp) against plain
-softmax attention over gathered keys, and the packed model's cached, batched decode that runs on
-it against the no-cache oracle."""
+softmax attention over gathered keys, its RoPE-and-KV-write against torch's elementwise ops, and
+the packed model's cached, batched decode that runs on both against the no-cache oracle."""
 
 from __future__ import annotations
 
@@ -104,6 +104,62 @@ def test_bad_arguments_are_refused() -> None:
         ops.paged_decode_attention(
             torch.zeros(1, 24), torch.zeros(2, 1, 4, 8, 24), table, torch.tensor([3]), 0.25
         )
+
+
+def rotated(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> torch.Tensor:
+    """x (T, heads, hd) rotated by torch's elementwise ops, the reference rounding."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("num_tokens", [1, 5, 300])  # 300 rows: the threaded path
+def test_rope_write_kv_rotates_like_torch_and_fills_only_its_slots(
+    interleaved: bool, num_tokens: int
+) -> None:
+    nh, nkv, hd, bs = 6, 2, 32, 8
+    g = torch.Generator().manual_seed(num_tokens)
+    qkv = torch.randn(num_tokens, (nh + 2 * nkv) * hd, generator=g) * 4
+    angles = torch.rand(num_tokens, hd // 2, generator=g) * 300
+    cos, sin = angles.cos(), angles.sin()
+    cache = torch.full((2, nkv, 64, bs, hd), float("nan"))
+    slots = torch.randperm(64 * bs, generator=g)[:num_tokens]
+    heads = qkv.view(num_tokens, -1, hd)
+    want_qk = rotated(heads[:, : nh + nkv], cos, sin, interleaved)
+    want_v = heads[:, nh + nkv :].clone()
+    load_kernels().rope_write_kv(qkv, cos, sin, cache, slots, nh, interleaved)
+    assert torch.equal(heads[:, : nh + nkv], want_qk)  # bit for bit: no fused multiply-add
+    assert torch.equal(heads[:, nh + nkv :], want_v)  # v is not rotated
+    by_slot = cache.view(2, nkv, -1, hd)
+    assert torch.equal(by_slot[0][:, slots].transpose(0, 1), want_qk[:, nh:])
+    assert torch.equal(by_slot[1][:, slots].transpose(0, 1), want_v)
+    untouched = torch.ones(64 * bs, dtype=torch.bool)
+    untouched[slots] = False
+    assert by_slot[:, :, untouched].isnan().all()
+
+
+def test_rope_write_kv_refuses_bad_arguments() -> None:
+    ops = load_kernels()
+    cache = torch.zeros(2, 1, 4, 8, 16)
+    cos = sin = torch.zeros(2, 8)
+    qkv = torch.zeros(2, 4 * 16)  # two q heads, one kv head
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        ops.rope_write_kv(qkv, cos, sin, cache, torch.tensor([0, 32]), 2, True)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        ops.rope_write_kv(qkv, cos, sin, cache, torch.tensor([-1, 3]), 2, True)
+    with pytest.raises(RuntimeError, match="width"):
+        ops.rope_write_kv(qkv, cos, sin, cache, torch.tensor([0, 1]), 3, True)
+    with pytest.raises(RuntimeError, match="cos and sin"):
+        ops.rope_write_kv(qkv, cos[:1], sin, cache, torch.tensor([0, 1]), 2, True)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.rope_write_kv(qkv.t(), cos, sin, cache, torch.tensor([0, 1]), 2, True)
 
 
 def test_packed_model_decodes_on_the_kernel_like_the_oracle(tmp_path) -> None:
