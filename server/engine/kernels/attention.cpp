@@ -27,7 +27,8 @@ using banterbox::sum8;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Problem {
-  const float* q;       // (D, nkv * G * HD)
+  const float* q;       // (D, nkv * G * HD), rows q_stride apart
+  int64_t q_stride;
   const float* keys;    // (nkv, num_blocks, bs, HD): the cache's K half
   const float* values;  // the same shape: its V half
   const int64_t* table;  // (D, width) block ids
@@ -66,7 +67,7 @@ void attend_split(const Problem& p, int64_t unit) {
   const int64_t block_floats = bs * HD;
   const float* head_keys = p.keys + head * p.num_blocks * block_floats;
   const float* head_values = p.values + head * p.num_blocks * block_floats;
-  const float* q_head = p.q + (row * p.nkv + head) * G * HD;
+  const float* q_head = p.q + row * p.q_stride + head * G * HD;
 
   // Scores, a block at a time; each block's keys stay in L1 for every query of the group.
   for (int64_t b = b0; b < b1; ++b) {
@@ -173,7 +174,9 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   const int64_t bs = cache.size(3), hd = cache.size(4);
   TORCH_CHECK(q.size(1) % (nkv * hd) == 0, "q's width is not a multiple of nkv * hd");
   TORCH_CHECK(bs % 8 == 0, "block size must be a multiple of 8");
-  const torch::Tensor qc = q.contiguous(), tc = table.contiguous(), lc = lengths.contiguous();
+  // q may be a view of the fused projection's output: rows apart, each row's heads contiguous.
+  const torch::Tensor qc = q.stride(1) == 1 ? q : q.contiguous();
+  const torch::Tensor tc = table.contiguous(), lc = lengths.contiguous();
   const int64_t width = tc.size(1);
   const int64_t* lp = lc.data_ptr<int64_t>();
   const int64_t* tp = tc.data_ptr<int64_t>();
@@ -197,7 +200,7 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   if (D == 0) return out;
   std::vector<float> partial(D * nkv * num_splits * groups * (hd + 2));
   const float* base = cache.data_ptr<float>();
-  const Problem p{qc.data_ptr<float>(), base, base + nkv * num_blocks * bs * hd, tp, lp, width,
+  const Problem p{qc.data_ptr<float>(), qc.stride(0), base, base + nkv * num_blocks * bs * hd, tp, lp, width,
                   num_blocks, nkv, groups, bs, split_blocks, num_splits, static_cast<float>(scale),
                   partial.data()};
   float* op = out.data_ptr<float>();

@@ -71,6 +71,13 @@ def test_matches_softmax_attention(hd: int, nkv: int, groups: int) -> None:
     expected = reference(q, cache, table, lens)
     assert torch.isfinite(ours).all()
     assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    # q as the model passes it: a view of the fused projection's rows, wider than q itself.
+    wide = torch.full((len(lengths), q.shape[1] + 2 * nkv * hd), float("nan"))
+    wide[:, : q.shape[1]] = q
+    strided = load_kernels().paged_decode_attention(
+        wide[:, : q.shape[1]], cache, table, lens, hd**-0.5
+    )
+    assert torch.equal(strided, ours)
 
 
 def test_peaked_scores_underflow_to_the_max_alone() -> None:
