@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "pool.h"
@@ -480,6 +481,51 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   return out;
 }
 
+// The first index of each row's largest value, as torch.argmax: a NaN counts as the largest.
+int64_t argmax_row(const float* row, int64_t V) {
+  int64_t i = 0;
+  __m256 mv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 nan = _mm256_setzero_ps();
+  for (; i + 8 <= V; i += 8) {
+    const __m256 v = _mm256_loadu_ps(row + i);
+    mv = _mm256_max_ps(mv, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  float best = banterbox::hmax(mv);
+  bool has_nan = _mm256_movemask_ps(nan) != 0;
+  for (int64_t j = i; j < V; ++j) {
+    has_nan |= std::isnan(row[j]);
+    best = std::max(best, row[j]);
+  }
+  if (has_nan) {
+    for (int64_t j = 0; j < V; ++j)
+      if (std::isnan(row[j])) return j;
+  }
+  const __m256 bv = _mm256_set1_ps(best);
+  for (i = 0; i + 8 <= V; i += 8) {
+    const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), bv, _CMP_EQ_OQ));
+    if (hits) return i + __builtin_ctz(hits);
+  }
+  for (; i < V; ++i)
+    if (row[i] == best) return i;
+  return 0;  // unreachable: best is one of the row's values
+}
+
+// logits (B, V) float32 → (B,) int64: the greedy rows' tokens, a row per chunk of the pool.
+torch::Tensor argmax_rows(const torch::Tensor& logits) {
+  TORCH_CHECK(logits.dtype() == torch::kFloat32 && logits.dim() == 2 && logits.size(1) > 0,
+              "argmax_rows takes (B, V) float32 with V > 0");
+  const torch::Tensor lc = logits.contiguous();
+  const int64_t B = lc.size(0), V = lc.size(1);
+  torch::Tensor out = torch::empty({B}, torch::TensorOptions().dtype(torch::kInt64));
+  const float* lp = lc.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  parallel_chunks(B, std::max<int64_t>(1, 65536 / V), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) op[b] = argmax_row(lp + b * V, V);
+  });
+  return out;
+}
+
 }  // namespace
 
 // Registered as torch ops (torch.ops.banterbox.*): the profiler sees and times them.
@@ -488,4 +534,5 @@ TORCH_LIBRARY(banterbox, m) {
   m.def("dequantize(Tensor w, int qtype, int num_cols) -> Tensor", &dequantize);
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm);
   m.def("silu_mul(Tensor gate_up) -> Tensor", &silu_mul);
+  m.def("argmax_rows(Tensor logits) -> Tensor", &argmax_rows);
 }

@@ -224,8 +224,29 @@ def test_fused_silu_mul_matches_torch(num_rows: int) -> None:
     assert torch.allclose(load_kernels().silu_mul(gate_up), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("vocab", [1, 7, 49152 + 5])
+def test_argmax_rows_answers_as_torch_argmax(vocab: int) -> None:
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(9, vocab, generator=g)
+    logits[1] = float("-inf")  # all -inf: index 0
+    logits[2, vocab // 2 :] = logits[2].max() + 1  # ties: the first of them
+    logits[3, -1] = float("inf")
+    logits[4, vocab // 3] = float("nan")  # a NaN is the largest
+    logits[4, -1] = float("nan")
+    logits[5] = 0.0
+    logits[5, vocab // 2] = -0.0  # signed zeros compare equal: the first zero wins
+    logits[6, -1] = 1e30  # the tail past the last full vector
+    expected = logits.argmax(dim=-1)
+    assert torch.equal(load_kernels().argmax_rows(logits), expected)
+    assert torch.equal(load_kernels().argmax_rows(logits.t().contiguous().t()), expected)
+
+
 def test_fused_ops_refuse_bad_shapes() -> None:
     with pytest.raises(RuntimeError, match="weight"):
         load_kernels().rms_norm(torch.randn(2, 8), torch.randn(7), 1e-5)
     with pytest.raises(RuntimeError, match="silu_mul"):
         load_kernels().silu_mul(torch.randn(2, 7))
+    with pytest.raises(RuntimeError, match="argmax_rows"):
+        load_kernels().argmax_rows(torch.randn(2, 0))
+    with pytest.raises(RuntimeError, match="argmax_rows"):
+        load_kernels().argmax_rows(torch.randn(2, 3).double())
