@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from typing import Any
@@ -24,9 +25,13 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 class HoldExpiry:
-    def __init__(self, expire: Expire) -> None:
+    def __init__(self, expire: Expire, on_idle: Callable[[str], None] | None = None) -> None:
+        """`on_idle(tenant)` runs once the tenant's last waiting hold has been expired, so the
+        caller can drop what it kept for the tenant's expiries."""
         self._expire = expire
+        self._on_idle = on_idle
         self._due: list[tuple[float, str, str, str]] = []  # heap of (due, tenant, channel, id)
+        self._waiting: Counter[str] = Counter()  # holds per tenant not yet expired
         self._wake: asyncio.Event | None = None  # set while a sweeper runs
 
     def __len__(self) -> int:
@@ -39,6 +44,7 @@ class HoldExpiry:
         background task of the server's, which ends it with the plugin)."""
         due = asyncio.get_running_loop().time() + after_s
         heapq.heappush(self._due, (due, tenant, channel, message_id))
+        self._waiting[tenant] += 1
         if self._wake is None:
             self._wake = asyncio.Event()
             spawn(self._sweep(self._wake))
@@ -62,8 +68,13 @@ class HoldExpiry:
                 results = await asyncio.gather(
                     *(self._expire(t, c, m) for _, t, c, m in due), return_exceptions=True
                 )
-                for (_, _, channel, message_id), result in zip(due, results, strict=True):
+                for (_, tenant, channel, message_id), result in zip(due, results, strict=True):
                     if isinstance(result, Exception):  # that hold stays for a review to take
                         log.error("expiry of held %s in %s failed: %r", message_id, channel, result)
+                    self._waiting[tenant] -= 1
+                    if self._waiting[tenant] <= 0:
+                        del self._waiting[tenant]
+                        if self._on_idle is not None:
+                            self._on_idle(tenant)
         finally:
             self._wake = None  # the next add starts a sweeper again (after a stop, too)

@@ -79,10 +79,11 @@ class ModerationPlugin(BasePlugin):
             timeout_s=self.settings.judge_timeout_s,
         )
         self._batcher: MicroBatcher | None = None
-        self._expiry = HoldExpiry(self._expire)
         # A context per tenant that has holds waiting: any of its frames' will do (the
-        # expiry uses the tenant's store and topics only).
+        # expiry uses the tenant's store and topics only). Dropped with the tenant's last
+        # waiting hold, so a closed connection's context is not kept past its holds.
         self._contexts: dict[str, PluginContext] = {}
+        self._expiry = HoldExpiry(self._expire, on_idle=self._drop_context)
         self._loading: asyncio.Lock | None = None
         # Single checks of one channel that arrive in the same loop pass: one cascade pass.
         self._singles: Coalescer[Channel, tuple[PluginContext, Message], Verdict] = Coalescer(
@@ -186,6 +187,9 @@ class ModerationPlugin(BasePlugin):
         for (_, verdict), entry in zip(acting, entries, strict=True):  # in order, for dashboards
             await self._emit(ctx, channel, {**entry, "silent": verdict.silent})
         return decided.verdicts
+
+    def _drop_context(self, tenant: str) -> None:
+        self._contexts.pop(tenant, None)
 
     async def _expire(self, tenant: str, channel: str, message_id: str) -> None:
         """Log and announce a hold nobody reviewed in time: the message stays out of chat."""

@@ -96,3 +96,24 @@ async def test_a_failed_expiry_is_logged_and_the_others_still_expire(
     await asyncio.wait_for(tasks[0], 2)
     assert expired == ["m1"]
     assert "expiry of held bad in c failed" in caplog.text
+
+
+async def test_a_tenant_is_idle_once_its_last_waiting_hold_has_expired() -> None:
+    expired: list[str] = []
+    idle: list[tuple[str, list[str]]] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def expire(tenant: str, channel: str, message_id: str) -> None:
+        expired.append(message_id)
+
+    def spawn(work: object) -> None:
+        tasks.append(asyncio.ensure_future(work))  # type: ignore[call-overload]
+
+    expiry = HoldExpiry(expire, on_idle=lambda tenant: idle.append((tenant, list(expired))))
+    expiry.add("a", "c", "a1", after_s=0.01, spawn=spawn)
+    expiry.add("b", "c", "b1", after_s=0.05, spawn=spawn)
+    expiry.add("a", "c", "a2", after_s=0.1, spawn=spawn)
+    await asyncio.sleep(0.07)
+    assert expired == ["a1", "b1"] and idle == [("b", ["a1", "b1"])]  # a still has a2 waiting
+    await asyncio.wait_for(tasks[0], 2)
+    assert idle == [("b", ["a1", "b1"]), ("a", ["a1", "b1", "a2"])]  # after its expire ran
