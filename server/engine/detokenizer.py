@@ -45,10 +45,13 @@ class IncrementalDetokenizer:
 
 
 class StopStringMatcher:
-    """Cuts a text stream at the first occurrence of any stop string.
+    """Cuts a text stream at the first stop string to be complete.
 
     feed() returns what is safe to emit now: it never emits any part of a matched stop string
-    or anything after it, and holds back a tail that may still grow into a stop string.
+    or anything after it, and holds back a tail that may still grow into a stop string. The
+    stream stops as soon as some stop string is complete (the engine then stops generating);
+    of those complete within the same feed, the text is cut where the earliest begins. A
+    longer stop string that began earlier but is not complete yet does not hold it up.
     """
 
     def __init__(self, stops: Sequence[str]) -> None:

@@ -196,6 +196,21 @@ def test_stop_matcher_equals_cutting_the_whole_text(
 ) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     deltas = [text[a:b] for a, b in itertools.pairwise(bounds)]
-    hits = [i for i in (text.find(stop) for stop in stops) if i >= 0]
-    expected = (text[: min(hits)], True) if hits else (text, False)
+    # The stream stops with the first delta after which some stop string is complete (it
+    # cannot wait for a longer one that began earlier), and the text is cut where the
+    # earliest stop string complete by then begins.
+    ends = [i + len(stop) for stop in stops if (i := text.find(stop)) >= 0]
+    if ends:
+        seen = text[: min(b for b in bounds if b >= min(ends))]
+        starts = [i for i in (seen.find(stop) for stop in stops) if i >= 0]
+        expected = (text[: min(starts)], True)
+    else:
+        expected = (text, False)
     assert _run(stops, deltas) == expected
+
+
+def test_a_complete_stop_string_ends_the_stream_before_a_longer_one_could() -> None:
+    # "\n" is complete after the first delta; "a\na", which began earlier, is not yet.
+    assert _run(["\n", "a\na"], ["a\n", "a"]) == ("a", True)
+    # Both complete in one delta: the cut is where the earlier one begins.
+    assert _run(["\n", "a\na"], ["a\na"]) == ("", True)
