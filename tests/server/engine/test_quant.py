@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from tiny import TinyConfig, random_hf_tensors, write_gguf, write_hf
+from tiny import TinyConfig, random_hf_tensors, scheduled_chunk, write_gguf, write_hf
 
 from server.engine.config import EngineConfig
 from server.engine.errors import ModelLoadError
@@ -17,6 +17,7 @@ from server.engine.kernels import load as load_kernels
 from server.engine.llm import LLM
 from server.engine.model import Transformer
 from server.engine.quant import KERNEL_TYPES, QuantizedWeight, Weight, quantize, stack_rows
+from server.engine.runner import ModelRunner
 from server.engine.types import SamplingParams
 from server.engine.weights import load_checkpoint
 
@@ -196,6 +197,25 @@ def test_hf_quantized_at_load_equals_the_same_gguf(tmp_path) -> None:
     theirs = Transformer(from_gguf.config, from_gguf.tensors, device=CPU, dtype=torch.float32)
     expected = theirs.forward_full(TOKENS)
     assert torch.allclose(ours.forward_full(TOKENS), expected, rtol=0, atol=1e-4)
+
+
+def test_hf_quantized_at_load_decodes_like_its_no_cache_oracle(tmp_path) -> None:
+    # An HF checkpoint rotates by halves (not pairs): the cached decode's RoPE-and-KV-write
+    # kernel in that layout, step by step against the no-cache forward of the same weights.
+    config = TinyConfig()
+    folder = write_hf(tmp_path / "hf", config, random_hf_tensors(config, seed=8))
+    ck = load_checkpoint(folder, quantize_to=Q.Q8_0)
+    model = Transformer(ck.config, ck.tensors, device=CPU, dtype=torch.float32)
+    assert not ck.config.rope_interleaved and "RoPE" in model.kernels
+    runner = ModelRunner(model, num_blocks=32, block_size=8)
+    tokens, blocks = TOKENS[0].tolist(), (4, 9, 2, 17)
+    logits = runner.execute([scheduled_chunk("r", tokens, 0, blocks)]).logits[0]
+    for _ in range(12):  # across block edges
+        full = model.forward_full(torch.tensor([tokens]))[0, -1]
+        assert torch.allclose(logits, full, atol=1e-4, rtol=0)
+        tokens.append(int(full.argmax()))
+        chunk = scheduled_chunk("r", tokens[-1:], len(tokens) - 1, blocks)
+        logits = runner.execute([chunk]).logits[0]
 
 
 def test_quantize_needs_cpu_float32(tmp_path) -> None:
