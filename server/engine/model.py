@@ -235,11 +235,13 @@ class Transformer:
             self._grow_rope_table(max(needed, 2 * self._cos.shape[0]))
         return self._cos[positions].to(self.dtype), self._sin[positions].to(self.dtype)
 
-    def rotation(self, positions: torch.Tensor) -> Rotation:
+    def rotation(self, positions: torch.Tensor, *, torch_rope: bool = True) -> Rotation:
+        """torch_rope=False: the rotation runs in rope_write_kv, which needs no complex table."""
         cos, sin = self.rope_tables(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, hd/2)
         pairwise_fp32 = self.config.rope_interleaved and self.dtype == torch.float32
-        return Rotation(cos, sin, torch.complex(cos, sin) if pairwise_fp32 else None)
+        cis = torch.complex(cos, sin) if pairwise_fp32 and torch_rope else None
+        return Rotation(cos, sin, cis)
 
     def _rope(self, x: torch.Tensor, rot: Rotation) -> torch.Tensor:
         """Rotate x (T, heads, hd) by its rows' positions."""
@@ -271,14 +273,18 @@ class Transformer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project and rotate: q (T, nh, hd), k and v (T, nkv, hd)."""
         c = self.config
-        qkv = layer.qkv(x)
-        if layer.qkv_bias is not None:
-            qkv = qkv + layer.qkv_bias
-        qkv = qkv.view(x.shape[0], -1, c.head_dim)
+        qkv = self._project_qkv(layer, x)
         qk = self._rope(qkv[:, : c.num_heads + c.num_kv_heads], rot)
         q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
         v = qkv[:, c.num_heads + c.num_kv_heads :]
         return q, k, v
+
+    def _project_qkv(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        """The fused q|k|v projection (and bias) as (T, nh + 2 nkv, hd) heads."""
+        qkv = layer.qkv(x)
+        if layer.qkv_bias is not None:
+            qkv = qkv + layer.qkv_bias
+        return qkv.view(x.shape[0], -1, self.config.head_dim)
 
     def _qkv_into_cache(
         self,
@@ -291,14 +297,11 @@ class Transformer:
         """_qkv, and k and v written to their cache slots: one kernel call for the rotation and
         the write (the packed mode's float32 math, rounded as the elementwise ops round)."""
         c = self.config
-        qkv = layer.qkv(x)
-        if layer.qkv_bias is not None:
-            qkv = qkv + layer.qkv_bias
+        qkv = self._project_qkv(layer, x)
         assert self._fused is not None
         self._fused.rope_write_kv(
-            qkv, rot.cos, rot.sin, cache, slot_mapping, c.num_heads, c.rope_interleaved
+            qkv.flatten(1), rot.cos, rot.sin, cache, slot_mapping, c.num_heads, c.rope_interleaved
         )
-        qkv = qkv.view(x.shape[0], -1, c.head_dim)
         kv_start = c.num_heads + c.num_kv_heads
         return qkv[:, : c.num_heads], qkv[:, c.num_heads : kv_start], qkv[:, kv_start:]
 
@@ -323,7 +326,7 @@ class Transformer:
         """Run one engine step; returns float32 logits (S, V)."""
         c = self.config
         x = self.embed(token_ids)  # (T, H)
-        rot = self.rotation(positions)
+        rot = self.rotation(positions, torch_rope=self._fused is None)
         block_size = kv[0].shape[3]
         paged = self._paged_decode and block_size % 8 == 0  # the kernel reads 8 keys at once
         decode_bias = None if paged else self._decode_bias(meta, block_size)

@@ -300,9 +300,9 @@ def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
     """torch.argmax over the last axis; CPU float32 rows on the C++ kernel (a third of torch's
     time at 32 x 49,152), with torch's answer: the first largest, a NaN counting as largest."""
-    kernels = _kernels()
     cpu_rows = logits.device.type == "cpu" and logits.dtype == torch.float32
-    if kernels is not None and cpu_rows and logits.dim() == 2 and logits.shape[1] > 0:
+    kernels = _kernels() if cpu_rows and logits.dim() == 2 and logits.shape[1] > 0 else None
+    if kernels is not None:
         out: torch.Tensor = kernels.argmax_rows(logits)
         return out
     return logits.argmax(dim=-1)
